@@ -1,0 +1,62 @@
+# ssegate — see README.md. `make` builds ./ssegate (static), `make run` runs it,
+# `make test` runs every suite (also under ASan/UBSan), `make fuzz` fuzzes the parsers.
+
+CC      ?= cc
+FUZZ_CC ?= clang
+PYTHON  ?= python3
+DEPS_STAMP := third_party/include/bearssl.h third_party/include/jsmn.h third_party/lib/libbearssl.a
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wconversion -Wstrict-prototypes -Wvla
+CPPFLAGS := -D_GNU_SOURCE -Isrc -isystem third_party/include
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c17 $(WARN) -fno-strict-aliasing
+LDLIBS   := third_party/lib/libbearssl.a
+
+SAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
+LIB_OBJ  := $(LIB_SRC:src/%.c=build/obj/%.o)
+SAN_OBJ  := $(LIB_SRC:src/%.c=build/asan/%.o)
+UNIT_SRC := $(wildcard tests/unit/*.c)
+
+.PHONY: all run test unit integration sdk test-asan fuzz bench clean deps
+all: ssegate tools/mock-upstream
+
+deps: $(DEPS_STAMP)
+$(DEPS_STAMP):
+	sh third_party/fetch.sh
+
+build/obj/%.o: src/%.c $(DEPS_STAMP) | build/obj
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+build/asan/%.o: src/%.c $(DEPS_STAMP) | build/asan
+	$(CC) $(CPPFLAGS) -std=c17 $(WARN) $(SAN_FLAGS) -MMD -MP -c $< -o $@
+build/obj build/asan build/fuzz:
+	mkdir -p $@
+
+build/libssegate.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+build/libssegate-asan.a: $(SAN_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+ssegate: build/obj/main.o build/libssegate.a
+	$(CC) -static $(CFLAGS) -o $@ $^ $(LDLIBS)
+build/ssegate-asan: build/asan/main.o build/libssegate-asan.a
+	$(CC) $(SAN_FLAGS) -o $@ $^ $(LDLIBS)
+
+tools/mock-upstream: tools/mock.c build/libssegate.a
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
+build/mock-upstream-asan: tools/mock.c build/libssegate-asan.a
+	$(CC) $(CPPFLAGS) -std=c17 $(WARN) $(SAN_FLAGS) -o $@ $^ $(LDLIBS)
+
+build/unit-tests: $(UNIT_SRC) tests/unit/unit.h build/libssegate.a
+	$(CC) $(CPPFLAGS) $(CFLAGS) -Itests/unit -o $@ $(UNIT_SRC) build/libssegate.a $(LDLIBS)
+build/unit-tests-asan: $(UNIT_SRC) tests/unit/unit.h build/libssegate-asan.a
+	$(CC) $(CPPFLAGS) -std=c17 $(WARN) $(SAN_FLAGS) -Itests/unit -o $@ $(UNIT_SRC) build/libssegate-asan.a $(LDLIBS)
+
+run: ssegate
+	./ssegate $(ARGS)
+
+clean:
+	rm -rf build ssegate tools/mock-upstream
+
+-include $(wildcard build/obj/*.d build/asan/*.d)

@@ -1,0 +1,137 @@
+#include "arena.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Requests larger than a block get a block of their own size; those are not
+ * cached, so a 4 MiB body does not pin 4 MiB forever. */
+struct arena_block {
+    arena_block *next;
+    size_t cap;
+    _Alignas(16) unsigned char data[];
+};
+
+enum { MAX_CACHED_BLOCKS = 1024 };
+
+static arena_block *cached_blocks;
+static size_t cached_count;
+
+void arena_init(arena *a) { *a = (arena){0}; }
+
+static arena_block *block_new(size_t cap)
+{
+    if (cap == ARENA_BLOCK_SIZE && cached_blocks) {
+        arena_block *b = cached_blocks;
+        cached_blocks = b->next;
+        cached_count--;
+        return b;
+    }
+    arena_block *b = malloc(sizeof *b + cap);
+    if (b)
+        b->cap = cap;
+    return b;
+}
+
+static void block_free(arena_block *b)
+{
+    if (b->cap == ARENA_BLOCK_SIZE && cached_count < MAX_CACHED_BLOCKS) {
+        b->next = cached_blocks;
+        cached_blocks = b;
+        cached_count++;
+    } else {
+        free(b);
+    }
+}
+
+void *arena_alloc(arena *a, size_t size)
+{
+    size_t need = (size + 15) & ~(size_t)15;
+    if (need < size)
+        return NULL;
+    if (!a->head || a->head->cap - a->used < need) {
+        size_t cap = need > ARENA_BLOCK_SIZE ? need : ARENA_BLOCK_SIZE;
+        arena_block *b = block_new(cap);
+        if (!b)
+            return NULL;
+        if (cap > ARENA_BLOCK_SIZE && a->head) {
+            /* Keep filling the current block: tuck the big one behind it. */
+            b->next = a->head->next;
+            a->head->next = b;
+            a->total += need;
+            return b->data;
+        }
+        b->next = a->head;
+        a->head = b;
+        a->used = 0;
+    }
+    void *p = a->head->data + a->used;
+    a->used += need;
+    a->total += need;
+    return p;
+}
+
+void arena_reset(arena *a)
+{
+    arena_block *b = a->head;
+    while (b) {
+        arena_block *next = b->next;
+        block_free(b);
+        b = next;
+    }
+    *a = (arena){0};
+}
+
+char *arena_strndup(arena *a, const char *s, size_t len)
+{
+    char *p = arena_alloc(a, len + 1);
+    if (p) {
+        memcpy(p, s, len);
+        p[len] = '\0';
+    }
+    return p;
+}
+
+void arena_release_cached(void)
+{
+    while (cached_blocks) {
+        arena_block *b = cached_blocks;
+        cached_blocks = b->next;
+        free(b);
+    }
+    cached_count = 0;
+}
+
+void *pool_get(buffer_pool *p)
+{
+    if (p->free_list) {
+        void *buf = p->free_list;
+        memcpy(&p->free_list, buf, sizeof(void *));
+        p->free_count--;
+        return buf;
+    }
+    return malloc(p->size);
+}
+
+void pool_put(buffer_pool *p, void *buf)
+{
+    if (!buf)
+        return;
+    if (p->free_count >= p->max_free) {
+        free(buf);
+        return;
+    }
+    memcpy(buf, &p->free_list, sizeof(void *));
+    p->free_list = buf;
+    p->free_count++;
+}
+
+void pool_drain(buffer_pool *p)
+{
+    while (p->free_list) {
+        void *buf = p->free_list;
+        memcpy(&p->free_list, buf, sizeof(void *));
+        free(buf);
+    }
+    p->free_count = 0;
+}

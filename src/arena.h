@@ -1,0 +1,41 @@
+/* Memory for one request: bump allocation from blocks that return to a
+ * process-wide free list in one step when the request ends. Also a pool of
+ * fixed-size buffers for connection I/O. After warm-up neither calls malloc. */
+#ifndef SSEGATE_ARENA_H
+#define SSEGATE_ARENA_H
+
+#include <stddef.h>
+
+enum { ARENA_BLOCK_SIZE = 16 * 1024 };
+
+typedef struct arena_block arena_block;
+
+typedef struct arena {
+    arena_block *head; /* newest block first */
+    size_t used;       /* bytes used in head */
+    size_t total;      /* bytes handed out since the last reset */
+} arena;
+
+void arena_init(arena *a);
+/* Returns 16-byte aligned memory, or NULL when the process is out of memory. */
+void *arena_alloc(arena *a, size_t size);
+/* Gives every block back; the arena can be used again. */
+void arena_reset(arena *a);
+char *arena_strndup(arena *a, const char *s, size_t len);
+
+/* Fixed-size buffers: pool_get returns one of `size` bytes (NULL on OOM);
+ * pool_put takes it back. One pool per buffer size. */
+typedef struct buffer_pool {
+    size_t size;
+    void *free_list;
+    size_t free_count, max_free;
+} buffer_pool;
+
+void *pool_get(buffer_pool *p);
+void pool_put(buffer_pool *p, void *buf);
+void pool_drain(buffer_pool *p);
+
+/* Releases the arena blocks cached on the free list (for leak checks). */
+void arena_release_cached(void);
+
+#endif

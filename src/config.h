@@ -1,0 +1,38 @@
+/* Settings from flags and environment variables (§3); flags win. */
+#ifndef SSEGATE_CONFIG_H
+#define SSEGATE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum log_format { LOG_JSON, LOG_TEXT } log_format;
+
+typedef struct config {
+    const char *listen;
+    const char *upstream; /* URL, or "demo" */
+    bool demo;
+    char *upstream_key;   /* owned; NULL when none */
+    const char *ca_file;
+    const char *keys_file;
+    bool allow_anonymous;
+    uint64_t connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, request_timeout_ms;
+    uint64_t header_timeout_ms, keepalive_timeout_ms, drain_timeout_ms;
+    uint64_t max_body;
+    size_t max_conns;
+    unsigned retries;
+    log_format log_format;
+    unsigned workers;
+} config;
+
+/* Fills *c from argv and the environment. Returns 0 to run, 1 when --help
+ * or --version was printed, -1 after printing an error to stderr. */
+int config_load(config *c, int argc, char **argv);
+void config_free(config *c);
+
+/* "250ms", "3s", "2m", "10" (seconds). Returns -1 when malformed. */
+int parse_duration_ms(const char *text, uint64_t *out);
+/* "4MiB", "512KiB", "1024", "1k", "2M". Returns -1 when malformed. */
+int parse_size(const char *text, uint64_t *out);
+
+#endif

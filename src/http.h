@@ -1,0 +1,132 @@
+/* HTTP/1.1 message heads, parsed in place: every slice points into the
+ * caller's buffer, nothing is allocated. Also the chunked transfer coding. */
+#ifndef SSEGATE_HTTP_H
+#define SSEGATE_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "slice.h"
+
+enum { HTTP_MAX_HEADERS = 100 };
+
+typedef struct http_header {
+    slice name, value;
+} http_header;
+
+typedef enum http_method {
+    HTTP_GET,
+    HTTP_HEAD,
+    HTTP_POST,
+    HTTP_PUT,
+    HTTP_DELETE,
+    HTTP_PATCH,
+    HTTP_OPTIONS,
+    HTTP_OTHER
+} http_method;
+
+typedef enum http_body_kind {
+    HTTP_BODY_NONE,
+    HTTP_BODY_LENGTH,  /* Content-Length */
+    HTTP_BODY_CHUNKED, /* Transfer-Encoding: chunked */
+    HTTP_BODY_UNTIL_CLOSE
+} http_body_kind;
+
+/* What a parse call concluded. Errors carry the status to answer with. */
+typedef enum http_parse_result {
+    HTTP_PARSE_DONE = 0,
+    HTTP_PARSE_INCOMPLETE,
+    HTTP_PARSE_BAD_REQUEST,      /* 400 */
+    HTTP_PARSE_URI_TOO_LONG,     /* 414 */
+    HTTP_PARSE_HEADERS_TOO_LARGE,/* 431 */
+    HTTP_PARSE_NOT_IMPLEMENTED,  /* 501: a transfer coding we do not speak */
+    HTTP_PARSE_BAD_VERSION       /* 505 */
+} http_parse_result;
+
+typedef struct http_request {
+    http_method method;
+    slice method_name, target, path, query;
+    int minor_version; /* HTTP/1.x */
+    http_header headers[HTTP_MAX_HEADERS];
+    size_t header_count;
+    size_t head_len; /* bytes of the head, request line to the blank line */
+    http_body_kind body_kind;
+    uint64_t content_length;
+    bool keep_alive;
+    bool expect_continue;
+    const char *error; /* why, when the result is an error */
+} http_request;
+
+typedef struct http_response {
+    int status;
+    int minor_version;
+    http_header headers[HTTP_MAX_HEADERS];
+    size_t header_count;
+    size_t head_len;
+    http_body_kind body_kind;
+    uint64_t content_length;
+    bool keep_alive;
+    slice content_type;
+    const char *error;
+} http_response;
+
+/* Limits: max_head bounds the whole head (431), max_target the request
+ * target (414). `scan_from` lets a caller that re-parses as bytes arrive
+ * skip what it already searched for the end of the head: pass the previous
+ * `*scanned` (start at 0). */
+http_parse_result http_parse_request(const char *buf, size_t len, size_t max_head, size_t max_target,
+                                     size_t *scanned, http_request *req);
+
+/* Parses a response head. `request_was_head` matters for body framing. */
+http_parse_result http_parse_response(const char *buf, size_t len, size_t max_head, bool request_was_head,
+                                      http_response *res);
+
+/* Finds a header by name, case-insensitively; NULL when absent. */
+const http_header *http_find_header(const http_header *headers, size_t count, slice name);
+
+/* True for the headers that describe one connection, not the message
+ * (RFC 9110 §7.6.1), plus those naming this hop's framing. */
+bool http_is_hop_by_hop(slice name);
+
+/* True when a Connection header value lists `token`. */
+bool http_list_has_token(slice list, slice token);
+
+const char *http_reason(int status);
+
+/* ---- chunked transfer coding ---- */
+
+typedef enum http_chunked_state {
+    CHUNK_SIZE_START,
+    CHUNK_SIZE,
+    CHUNK_EXT,
+    CHUNK_SIZE_LF,
+    CHUNK_DATA,
+    CHUNK_DATA_CR,
+    CHUNK_DATA_LF,
+    CHUNK_TRAILER_START,
+    CHUNK_TRAILER,
+    CHUNK_TRAILER_LF,
+    CHUNK_END_LF,
+    CHUNK_DONE
+} http_chunked_state;
+
+typedef struct http_chunked {
+    http_chunked_state state;
+    uint64_t remaining;
+    size_t size_digits;
+    size_t overhead; /* extension + trailer bytes, bounded */
+} http_chunked;
+
+typedef enum http_chunked_result { CHUNKED_MORE, CHUNKED_DONE, CHUNKED_ERROR } http_chunked_result;
+
+/* Decodes src[0..src_len) and writes the payload to dst, which may alias src
+ * as long as dst <= src (data moves down over the framing; when dst == src
+ * nothing moves). Reports raw bytes consumed and payload bytes produced. */
+http_chunked_result http_chunked_decode(http_chunked *d, char *dst, const char *src, size_t src_len,
+                                        size_t *consumed, size_t *produced);
+
+/* Writes "<hex>\r\n" for a chunk of `len` bytes; returns its length (<= 18). */
+size_t http_chunk_header(char out[18], size_t len);
+
+#endif

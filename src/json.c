@@ -1,0 +1,188 @@
+#include "json.h"
+
+#define JSMN_STATIC
+#define JSMN_STRICT
+#include <jsmn.h>
+
+enum { STACK_TOKENS = 512 };
+
+/* Index of the token after the subtree rooted at i. */
+static int skip(const jsmntok_t *t, int count, int i)
+{
+    int pending = 1;
+    while (pending > 0 && i < count) {
+        if (t[i].type == JSMN_OBJECT)
+            pending += 2 * t[i].size;
+        else if (t[i].type == JSMN_ARRAY)
+            pending += t[i].size;
+        pending--;
+        i++;
+    }
+    return i;
+}
+
+static slice tok_slice(const char *s, const jsmntok_t *t)
+{
+    return (slice){s + t->start, (size_t)(t->end - t->start)};
+}
+
+static bool tok_is(const char *s, const jsmntok_t *t, const char *lit)
+{
+    return slice_eq(tok_slice(s, t), slice_of(lit));
+}
+
+static bool only_space(const char *s, size_t from, size_t to)
+{
+    for (size_t i = from; i < to; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
+            return false;
+    return true;
+}
+
+/* Tokenises s into the stack array or, when it needs more, into the arena.
+ * Returns the token count or a negative jsmn error. */
+static int tokenise(const char *s, size_t len, jsmntok_t *stack, arena *a, jsmntok_t **toks)
+{
+    jsmn_parser p;
+    jsmn_init(&p);
+    int n = jsmn_parse(&p, s, len, stack, STACK_TOKENS);
+    *toks = stack;
+    if (n != JSMN_ERROR_NOMEM)
+        return n;
+    jsmn_init(&p);
+    n = jsmn_parse(&p, s, len, NULL, 0);
+    if (n < 0)
+        return n;
+    *toks = arena_alloc(a, (size_t)n * sizeof(jsmntok_t));
+    if (!*toks)
+        return JSMN_ERROR_NOMEM;
+    jsmn_init(&p);
+    return jsmn_parse(&p, s, len, *toks, (unsigned)n);
+}
+
+/* One top-level object spanning the whole text. */
+static bool is_whole_object(const char *s, size_t len, const jsmntok_t *t, int n)
+{
+    return n >= 1 && t[0].type == JSMN_OBJECT && only_space(s, 0, (size_t)t[0].start) &&
+           only_space(s, (size_t)t[0].end, len) && skip(t, n, 0) == n;
+}
+
+int json_inspect_request(const char *body, size_t len, arena *a, json_request_info *out, const char **why)
+{
+    *out = (json_request_info){0};
+    jsmntok_t stack[STACK_TOKENS], *t;
+    int n = tokenise(body, len, stack, a, &t);
+    if (n == JSMN_ERROR_NOMEM) {
+        *why = "request body has too many JSON tokens";
+        return -1;
+    }
+    if (n < 0 || !is_whole_object(body, len, t, n)) {
+        *why = n == 0 || len == 0 ? "request body is empty; expected a JSON object"
+                                  : "request body is not valid JSON (expected one JSON object)";
+        return -1;
+    }
+    int options = -1;
+    for (int i = 1; i < n;) {
+        const jsmntok_t *key = &t[i], *val = &t[i + 1];
+        if (tok_is(body, key, "model") && val->type == JSMN_STRING)
+            out->model = tok_slice(body, val);
+        else if (tok_is(body, key, "stream"))
+            out->stream = val->type == JSMN_PRIMITIVE && tok_is(body, val, "true");
+        else if (tok_is(body, key, "stream_options"))
+            options = i + 1;
+        i = skip(t, n, i + 1);
+    }
+    if (!out->stream)
+        return 0;
+
+    json_edit *e = &out->usage_edit;
+    e->active = true;
+    if (options < 0) {
+        /* Before the closing brace of the top-level object. */
+        e->at = (size_t)t[0].end - 1;
+        e->insert = SLICE_LIT(",\"stream_options\":{\"include_usage\":true}");
+        return 0;
+    }
+    const jsmntok_t *o = &t[options];
+    if (o->type != JSMN_OBJECT) {
+        e->at = (size_t)o->start;
+        e->remove = (size_t)(o->end - o->start);
+        e->insert = SLICE_LIT("{\"include_usage\":true}");
+        return 0;
+    }
+    int end = skip(t, n, options);
+    for (int i = options + 1; i < end;) {
+        const jsmntok_t *key = &t[i], *val = &t[i + 1];
+        if (tok_is(body, key, "include_usage")) {
+            if (tok_is(body, val, "true")) {
+                out->client_wants_usage = true;
+                e->active = false;
+            } else {
+                e->at = (size_t)val->start;
+                e->remove = (size_t)(val->end - val->start);
+                e->insert = SLICE_LIT("true");
+            }
+            return 0;
+        }
+        i = skip(t, n, i + 1);
+    }
+    e->at = (size_t)o->start + 1;
+    e->insert = o->size ? SLICE_LIT("\"include_usage\":true,") : SLICE_LIT("\"include_usage\":true");
+    return 0;
+}
+
+static uint64_t tok_u64(const char *s, const jsmntok_t *t)
+{
+    uint64_t v = 0;
+    for (int i = t->start; i < t->end && s[i] >= '0' && s[i] <= '9'; i++)
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    return v;
+}
+
+int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *out)
+{
+    *out = (json_chunk_info){0};
+    jsmntok_t stack[STACK_TOKENS], *t;
+    int n = tokenise(data, len, stack, a, &t);
+    if (n < 0 || !is_whole_object(data, len, t, n))
+        return -1;
+    bool choices_empty = false;
+    for (int i = 1; i < n;) {
+        const jsmntok_t *key = &t[i], *val = &t[i + 1];
+        if (tok_is(data, key, "choices")) {
+            choices_empty = val->type == JSMN_ARRAY && val->size == 0;
+        } else if (tok_is(data, key, "error") && val->type == JSMN_OBJECT) {
+            out->is_error = true;
+        } else if (tok_is(data, key, "usage") && val->type == JSMN_OBJECT) {
+            out->has_usage = true;
+            int end = skip(t, n, i + 1);
+            for (int j = i + 2; j < end;) {
+                if (tok_is(data, &t[j], "prompt_tokens"))
+                    out->prompt_tokens = tok_u64(data, &t[j + 1]);
+                else if (tok_is(data, &t[j], "completion_tokens"))
+                    out->completion_tokens = tok_u64(data, &t[j + 1]);
+                j = skip(t, n, j + 1);
+            }
+        }
+        i = skip(t, n, i + 1);
+    }
+    out->usage_only = out->has_usage && choices_empty;
+    return 0;
+}
+
+void json_write_error(wbuf *b, const char *message, const char *type, const char *code)
+{
+    wbuf_puts(b, "{\"error\":{\"message\":\"");
+    wbuf_put_json_escaped(b, slice_of(message));
+    wbuf_puts(b, "\",\"type\":\"");
+    wbuf_put_json_escaped(b, slice_of(type));
+    wbuf_puts(b, "\",\"param\":null,\"code\":");
+    if (code) {
+        wbuf_put_char(b, '"');
+        wbuf_put_json_escaped(b, slice_of(code));
+        wbuf_put_char(b, '"');
+    } else {
+        wbuf_puts(b, "null");
+    }
+    wbuf_puts(b, "}}");
+}

@@ -1,0 +1,46 @@
+/* JSON through jsmn, tokenised in place: what the relay needs to know about a
+ * request body and about each streamed chunk, and the §6 error shape. */
+#ifndef SSEGATE_JSON_H
+#define SSEGATE_JSON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "slice.h"
+#include "wbuf.h"
+
+/* One splice of a body: replace `remove` bytes at `at` with `insert`. */
+typedef struct json_edit {
+    bool active;
+    size_t at, remove;
+    slice insert;
+} json_edit;
+
+typedef struct json_request_info {
+    slice model;         /* raw string contents, still JSON-escaped; empty when absent */
+    bool stream;
+    bool client_wants_usage; /* stream_options.include_usage was true */
+    json_edit usage_edit;    /* turns include_usage on upstream when streaming */
+} json_request_info;
+
+/* Checks that body is one JSON object and reads model / stream /
+ * stream_options. Returns 0, or -1 with *why. Token memory comes from `a`. */
+int json_inspect_request(const char *body, size_t len, arena *a, json_request_info *out, const char **why);
+
+typedef struct json_chunk_info {
+    bool usage_only; /* "choices":[] with a "usage" object: the final usage chunk */
+    bool has_usage;
+    uint64_t prompt_tokens, completion_tokens;
+    bool is_error; /* an {"error":...} object */
+} json_chunk_info;
+
+/* Validates one chunk's JSON and reads what the relay records. No malloc:
+ * tokens live on the stack, or in `a` for unusually large chunks. */
+int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *out);
+
+/* {"error":{"message":..,"type":..,"param":null,"code":..}} */
+void json_write_error(wbuf *b, const char *message, const char *type, const char *code);
+
+#endif

@@ -1,0 +1,129 @@
+#include "log.h"
+
+#include <errno.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "wbuf.h"
+
+static log_format format = LOG_JSON;
+
+void log_set_format(log_format f) { format = f; }
+
+static void put_timestamp(wbuf *b)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char text[32];
+    size_t n = strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
+    wbuf_put(b, text, n);
+    long ms = ts.tv_nsec / 1000000;
+    char frac[5] = {'.', (char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10), 'Z'};
+    wbuf_put(b, frac, sizeof frac);
+}
+
+/* One write per line so lines from concurrent processes do not interleave. */
+static void emit(wbuf *b)
+{
+    if (b->overflow) {
+        b->overflow = false;
+        b->len = b->cap - 1;
+    }
+    b->ptr[b->len++] = '\n';
+    const char *p = b->ptr;
+    size_t left = b->len;
+    while (left) {
+        ssize_t n = write(STDERR_FILENO, p, left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return; /* a stuck stderr must not stop the gateway */
+        p += n;
+        left -= (size_t)n;
+    }
+}
+
+static void field_str(wbuf *b, bool *first, const char *key, slice value)
+{
+    if (format == LOG_JSON) {
+        wbuf_puts(b, *first ? "{\"" : ",\"");
+        wbuf_puts(b, key);
+        wbuf_puts(b, "\":\"");
+        wbuf_put_json_escaped(b, value);
+        wbuf_put_char(b, '"');
+    } else {
+        if (!*first)
+            wbuf_put_char(b, ' ');
+        wbuf_puts(b, key);
+        wbuf_put_char(b, '=');
+        wbuf_put_json_escaped(b, value);
+    }
+    *first = false;
+}
+
+static void field_num(wbuf *b, bool *first, const char *key, int64_t value)
+{
+    wbuf_puts(b, format == LOG_JSON ? (*first ? "{\"" : ",\"") : (*first ? "" : " "));
+    wbuf_puts(b, key);
+    wbuf_puts(b, format == LOG_JSON ? "\":" : "=");
+    wbuf_put_i64(b, value);
+    *first = false;
+}
+
+static void begin(wbuf *b, bool *first, const char *level)
+{
+    char ts[40];
+    wbuf t = wbuf_over(ts, sizeof ts);
+    put_timestamp(&t);
+    field_str(b, first, "ts", wbuf_slice(&t));
+    field_str(b, first, "level", slice_of(level));
+}
+
+static void finish(wbuf *b)
+{
+    if (format == LOG_JSON)
+        wbuf_put_char(b, '}');
+    emit(b);
+}
+
+void log_access(const access_record *r)
+{
+    char mem[4096];
+    wbuf b = wbuf_over(mem, sizeof mem - 1);
+    bool first = true;
+    begin(&b, &first, r->status >= 500 ? "error" : r->status >= 400 ? "warn" : "info");
+    field_str(&b, &first, "req_id", r->req_id);
+    field_str(&b, &first, "method", r->method);
+    field_str(&b, &first, "path", r->path);
+    field_num(&b, &first, "status", r->status);
+    field_str(&b, &first, "client", r->client);
+    field_str(&b, &first, "model", r->model);
+    field_str(&b, &first, "upstream", r->upstream);
+    field_num(&b, &first, "ttfb_ms", r->ttfb_ms);
+    field_num(&b, &first, "dur_ms", (int64_t)r->dur_ms);
+    field_num(&b, &first, "bytes_in", (int64_t)r->bytes_in);
+    field_num(&b, &first, "bytes_out", (int64_t)r->bytes_out);
+    field_num(&b, &first, "chunks", (int64_t)r->chunks);
+    field_num(&b, &first, "prompt_tokens", (int64_t)r->prompt_tokens);
+    field_num(&b, &first, "completion_tokens", (int64_t)r->completion_tokens);
+    field_num(&b, &first, "retries", r->retries);
+    if (r->error)
+        field_str(&b, &first, "error", slice_of(r->error));
+    else if (format == LOG_JSON)
+        wbuf_puts(&b, ",\"error\":null");
+    finish(&b);
+}
+
+void log_message(const char *level, const char *msg, const log_field *fields, size_t count)
+{
+    char mem[2048];
+    wbuf b = wbuf_over(mem, sizeof mem - 1);
+    bool first = true;
+    begin(&b, &first, level);
+    field_str(&b, &first, "msg", slice_of(msg));
+    for (size_t i = 0; i < count; i++)
+        field_str(&b, &first, fields[i].key, slice_of(fields[i].value));
+    finish(&b);
+}

@@ -1,0 +1,128 @@
+/* ssegate: wires configuration, the upstream, the server and the reactor. */
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "arena.h"
+#include "config.h"
+#include "fakeai.h"
+#include "log.h"
+#include "loop.h"
+#include "server.h"
+#include "upstream.h"
+
+static const char demo_reply[] =
+    "Hello! This is ssegate's demo upstream: no API key was given, so this reply streams from inside the "
+    "gateway, one token every 20 ms, through the same relay that serves real upstreams. Set OPENAI_API_KEY "
+    "or --upstream to talk to a real model.";
+
+typedef struct app {
+    loop *loop;
+    server *server;
+} app;
+
+static void on_signal(void *ctx, int signo)
+{
+    app *a = ctx;
+    if (signo == SIGTERM || signo == SIGINT) {
+        log_message("info", "draining", (log_field[]){{"signal", signo == SIGTERM ? "SIGTERM" : "SIGINT"}}, 1);
+        server_drain(a->server);
+    }
+}
+
+/* §3: without client keys, only a loopback listener is safe. */
+static bool listen_is_loopback(const char *listen)
+{
+    return strncmp(listen, "127.", 4) == 0 || strncmp(listen, "localhost:", 10) == 0 ||
+           strncmp(listen, "[::1]:", 6) == 0;
+}
+
+int main(int argc, char **argv)
+{
+    config cfg;
+    int rc = config_load(&cfg, argc, argv);
+    if (rc != 0)
+        return rc > 0 ? 0 : 2;
+    log_set_format(cfg.log_format);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (cfg.keys_file) {
+        fprintf(stderr, "ssegate: client keys (--keys-file) are not supported by this version yet\n");
+        config_free(&cfg);
+        return 2;
+    }
+    if (!listen_is_loopback(cfg.listen) && !cfg.allow_anonymous) {
+        fprintf(stderr, "ssegate: refusing to listen on %s without client keys; "
+                        "give --keys-file, or --allow-anonymous to accept anyone\n",
+                cfg.listen);
+        config_free(&cfg);
+        return 2;
+    }
+
+    app a = {0};
+    a.loop = loop_new();
+    if (!a.loop) {
+        fprintf(stderr, "ssegate: cannot create the event loop\n");
+        return 1;
+    }
+    const char *why = NULL;
+    fakeai *demo = NULL;
+    char demo_url[96];
+    const char *upstream_url = cfg.upstream;
+    if (cfg.demo) {
+        fakeai_config fc = {.chunks = 0, .delay_ms = 20, .reply_text = demo_reply, .model = "demo"};
+        demo = fakeai_start(a.loop, "127.0.0.1:0", &fc, &why);
+        if (!demo) {
+            fprintf(stderr, "ssegate: cannot start the demo upstream: %s\n", why);
+            return 1;
+        }
+        snprintf(demo_url, sizeof demo_url, "http://%s/v1", fakeai_address(demo));
+        upstream_url = demo_url;
+    }
+
+    upstream_target target;
+    if (upstream_target_init(&target, upstream_url, cfg.demo ? NULL : cfg.upstream_key, cfg.ca_file, &why) != 0) {
+        fprintf(stderr, "ssegate: upstream %s: %s\n", upstream_url, why);
+        upstream_target_free(&target, a.loop);
+        fakeai_stop(demo);
+        loop_free(a.loop);
+        config_free(&cfg);
+        return 2;
+    }
+    a.server = server_new(a.loop, &cfg, &target, &why);
+    if (!a.server) {
+        fprintf(stderr, "ssegate: %s\n", why);
+        upstream_target_free(&target, a.loop);
+        fakeai_stop(demo);
+        loop_free(a.loop);
+        config_free(&cfg);
+        return 2;
+    }
+    static const int signals[] = {SIGTERM, SIGINT, SIGHUP};
+    loop_signals(a.loop, signals, sizeof signals / sizeof signals[0], on_signal, &a);
+
+    char try_it[256];
+    snprintf(try_it, sizeof try_it,
+             "curl -N http://%s/v1/chat/completions -d '{\"model\":\"demo\",\"stream\":true,\"messages\":[{\"role\":"
+             "\"user\",\"content\":\"hi\"}]}'",
+             server_address(a.server));
+    if (cfg.demo) {
+        log_field f[] = {{"listen", server_address(a.server)}, {"upstream", "demo"}, {"try", try_it}};
+        log_message("info", "ssegate serving the built-in demo upstream (no API key given)", f, 3);
+    } else {
+        log_field f[] = {{"listen", server_address(a.server)}, {"upstream", upstream_url}};
+        log_message("info", "ssegate listening", f, 2);
+    }
+    server_set_ready(a.server, true);
+    rc = loop_run(a.loop);
+    log_message("info", "stopped", NULL, 0);
+
+    server_free(a.server);
+    upstream_target_free(&target, a.loop);
+    fakeai_stop(demo);
+    loop_free(a.loop);
+    config_free(&cfg);
+    arena_release_cached();
+    return rc == 0 ? 0 : 1;
+}

@@ -1,0 +1,785 @@
+#include "relay.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#include "json.h"
+#include "sse.h"
+#include "wbuf.h"
+
+typedef enum relay_state {
+    RELAY_CONNECTING,
+    RELAY_SENDING,
+    RELAY_AWAIT_HEAD,
+    RELAY_STREAM, /* text/event-stream answer, event by event */
+    RELAY_BODY,   /* any other answer, passed through */
+    RELAY_FINISHED
+} relay_state;
+
+enum { HEARTBEAT_MS = 15000, REQUEST_HEAD_MAX = 16 * 1024, RESPONSE_HEAD_MAX = 16 * 1024 };
+
+struct relay {
+    relay_state state;
+    const relay_env *env;
+    arena *arena;
+    const relay_request *req;
+    const relay_sink *sink;
+    void *client;
+    upstream_conn *up;
+    json_request_info info;
+    unsigned retries;
+
+    /* the request as sent upstream */
+    struct iovec out[4];
+    size_t out_count, out_index, out_offset;
+
+    /* the answer */
+    char *buf;
+    size_t len;               /* bytes in buf */
+    size_t dec_start, dec_end;/* decoded body bytes not yet relayed */
+    size_t raw_start;         /* first byte not yet decoded */
+    http_response res;
+    http_chunked chunked;
+    uint64_t body_left;       /* Content-Length still to come */
+    bool body_complete, upstream_reusable, head_sent, saw_done, client_wants_usage;
+    sse_parser sse;
+    slice client_head;        /* response head waiting to go out with the first bytes */
+
+    loop_timer phase_timer;   /* first byte, then idle between chunks */
+    loop_timer deadline;      /* the whole request */
+    loop_timer heartbeat;     /* `: keep-alive` while the upstream is silent */
+    uint64_t started_ms;
+};
+
+static void finish(relay *r, bool client_reusable);
+
+/* ---- small helpers ---- */
+
+static uint64_t now(const relay *r) { return loop_now_ms(r->env->loop); }
+
+static void stop_timers(relay *r)
+{
+    loop *l = r->env->loop;
+    loop_timer_stop(l, &r->phase_timer);
+    loop_timer_stop(l, &r->deadline);
+    loop_timer_stop(l, &r->heartbeat);
+}
+
+static void release_upstream(relay *r, bool reusable)
+{
+    if (r->up) {
+        upstream_release(r->up, reusable);
+        r->up = NULL;
+    }
+    if (r->buf) {
+        pool_put(r->env->read_buffers, r->buf);
+        r->buf = NULL;
+    }
+}
+
+static void record_error(relay *r, const char *message)
+{
+    if (!r->req->record->error)
+        r->req->record->error = arena_strndup(r->arena, message, strlen(message));
+}
+
+/* Before any byte of the answer went out: a §6 error answer. */
+static void fail_before_answer(relay *r, int status, const char *message, const char *code)
+{
+    record_error(r, message);
+    r->req->record->status = status;
+    stop_timers(r);
+    release_upstream(r, false);
+    r->state = RELAY_FINISHED;
+    r->sink->error(r->client, status, message, status == 504 ? "timeout_error" : "upstream_error", code);
+}
+
+static int send_iov(relay *r, const struct iovec *iov, size_t count)
+{
+    if (r->sink->send(r->client, iov, count) != 0)
+        return -1;
+    for (size_t i = 0; i < count; i++)
+        r->req->record->bytes_out += iov[i].iov_len;
+    return 0;
+}
+
+/* After the 200 went out on a stream: an error event and a proper end. */
+static void fail_stream(relay *r, const char *message, const char *code)
+{
+    record_error(r, message);
+    char mem[1024];
+    wbuf b = wbuf_over(mem, sizeof mem);
+    wbuf_puts(&b, "data: ");
+    json_write_error(&b, message, "upstream_error", code);
+    wbuf_puts(&b, "\n\n");
+    sse_frame f;
+    sse_frame_begin(&f, r->head_sent ? (slice){NULL, 0} : r->client_head);
+    r->head_sent = true;
+    sse_frame_add(&f, wbuf_slice(&b));
+    sse_frame_end(&f);
+    f.iov[f.count++] = (struct iovec){(void *)"0\r\n\r\n", 5};
+    stop_timers(r);
+    release_upstream(r, false);
+    bool ok = send_iov(r, f.iov, f.count) == 0;
+    finish(r, ok);
+}
+
+/* Upstream failed: answer as the phase allows. */
+static void fail(relay *r, int status, const char *message, const char *code)
+{
+    if (r->state == RELAY_FINISHED)
+        return;
+    if (!r->head_sent) {
+        fail_before_answer(r, status, message, code);
+    } else if (r->state == RELAY_STREAM) {
+        fail_stream(r, message, code);
+    } else {
+        /* A plain body cut short: only closing the connection says so. */
+        record_error(r, message);
+        stop_timers(r);
+        release_upstream(r, false);
+        finish(r, false);
+    }
+}
+
+static void finish(relay *r, bool client_reusable)
+{
+    if (r->state == RELAY_FINISHED)
+        return;
+    r->state = RELAY_FINISHED;
+    stop_timers(r);
+    release_upstream(r, r->upstream_reusable);
+    r->sink->finished(r->client, client_reusable);
+}
+
+/* ---- timers ---- */
+
+static void on_phase_timeout(void *ctx)
+{
+    relay *r = ctx;
+    if (r->state == RELAY_AWAIT_HEAD || r->state == RELAY_SENDING)
+        fail(r, 504, "upstream did not answer within the first-byte timeout", "upstream_timeout");
+    else
+        fail(r, 504, "upstream went silent for longer than the idle timeout", "upstream_timeout");
+}
+
+static void on_deadline(void *ctx)
+{
+    fail(ctx, 504, "request exceeded the request timeout", "request_timeout");
+}
+
+static void on_heartbeat(void *ctx)
+{
+    relay *r = ctx;
+    static const char beat[] = "e\r\n: keep-alive\n\n\r\n";
+    struct iovec iov = {(void *)beat, sizeof beat - 1};
+    if (send_iov(r, &iov, 1) != 0)
+        return;
+    loop_timer_arm(r->env->loop, &r->heartbeat, HEARTBEAT_MS, on_heartbeat, r);
+}
+
+/* ---- building the upstream request ---- */
+
+static bool forwardable(const http_request *h, slice name)
+{
+    static const char *const replaced[] = {"host", "authorization", "accept-encoding", "x-request-id", "expect"};
+    if (http_is_hop_by_hop(name))
+        return false;
+    for (size_t i = 0; i < sizeof replaced / sizeof replaced[0]; i++)
+        if (slice_eq_nocase(name, slice_of(replaced[i])))
+            return false;
+    /* Headers the client named in Connection are hop-by-hop too. */
+    for (size_t i = 0; i < h->header_count; i++)
+        if (slice_eq_nocase(h->headers[i].name, SLICE_LIT("connection")) &&
+            http_list_has_token(h->headers[i].value, name))
+            return false;
+    return true;
+}
+
+static int build_request(relay *r)
+{
+    const http_request *h = r->req->http;
+    const upstream_target *t = r->env->target;
+    char *mem = arena_alloc(r->arena, REQUEST_HEAD_MAX);
+    if (!mem)
+        return -1;
+    wbuf b = wbuf_over(mem, REQUEST_HEAD_MAX);
+    slice target = h->target;
+    if (slice_starts_with(target, SLICE_LIT("/v1")) && (target.len == 3 || target.ptr[3] == '/' || target.ptr[3] == '?')) {
+        target.ptr += 3;
+        target.len -= 3;
+    }
+    wbuf_put_slice(&b, h->method_name);
+    wbuf_put_char(&b, ' ');
+    wbuf_puts(&b, t->base.path);
+    if (target.len == 0 || target.ptr[0] == '?')
+        wbuf_put_char(&b, '/');
+    wbuf_put_slice(&b, target);
+    wbuf_puts(&b, " HTTP/1.1\r\nHost: ");
+    wbuf_puts(&b, t->base.host_header);
+    wbuf_puts(&b, "\r\n");
+    if (t->auth_header) {
+        wbuf_puts(&b, "Authorization: ");
+        wbuf_puts(&b, t->auth_header);
+        wbuf_puts(&b, "\r\n");
+    }
+    for (size_t i = 0; i < h->header_count; i++) {
+        if (!forwardable(h, h->headers[i].name))
+            continue;
+        wbuf_put_slice(&b, h->headers[i].name);
+        wbuf_puts(&b, ": ");
+        wbuf_put_slice(&b, h->headers[i].value);
+        wbuf_puts(&b, "\r\n");
+    }
+    wbuf_puts(&b, "Accept-Encoding: identity\r\nX-Request-Id: ");
+    wbuf_put_slice(&b, r->req->req_id);
+    const json_edit *e = &r->info.usage_edit;
+    size_t body_len = r->req->body_len;
+    if (e->active)
+        body_len = body_len - e->remove + e->insert.len;
+    if (body_len || h->method == HTTP_POST || h->method == HTTP_PUT || h->method == HTTP_PATCH) {
+        wbuf_puts(&b, "\r\nContent-Length: ");
+        wbuf_put_u64(&b, body_len);
+    }
+    wbuf_puts(&b, "\r\n\r\n");
+    if (b.overflow)
+        return -1;
+
+    const char *body = r->req->body;
+    r->out[0] = (struct iovec){mem, b.len};
+    r->out_count = 1;
+    if (e->active) {
+        r->out[1] = (struct iovec){(void *)body, e->at};
+        r->out[2] = (struct iovec){(void *)e->insert.ptr, e->insert.len};
+        r->out[3] = (struct iovec){(void *)(body + e->at + e->remove), r->req->body_len - e->at - e->remove};
+        r->out_count = 4;
+    } else if (r->req->body_len) {
+        r->out[1] = (struct iovec){(void *)body, r->req->body_len};
+        r->out_count = 2;
+    }
+    return 0;
+}
+
+/* ---- the client's answer head ---- */
+
+static bool relayed_response_header(slice name, bool stream)
+{
+    if (http_is_hop_by_hop(name) || slice_eq_nocase(name, SLICE_LIT("x-request-id")))
+        return false;
+    if (stream && (slice_eq_nocase(name, SLICE_LIT("content-type")) || slice_eq_nocase(name, SLICE_LIT("cache-control"))))
+        return false;
+    return true;
+}
+
+static int build_client_head(relay *r, bool stream)
+{
+    char *mem = arena_alloc(r->arena, RESPONSE_HEAD_MAX + 512);
+    if (!mem)
+        return -1;
+    wbuf b = wbuf_over(mem, RESPONSE_HEAD_MAX + 512);
+    wbuf_puts(&b, "HTTP/1.1 ");
+    wbuf_put_u64(&b, (uint64_t)r->res.status);
+    wbuf_put_char(&b, ' ');
+    wbuf_puts(&b, http_reason(r->res.status));
+    wbuf_puts(&b, "\r\n");
+    if (stream)
+        wbuf_puts(&b, "Content-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
+                      "X-Accel-Buffering: no\r\n");
+    for (size_t i = 0; i < r->res.header_count; i++) {
+        const http_header *hd = &r->res.headers[i];
+        if (!relayed_response_header(hd->name, stream))
+            continue;
+        wbuf_put_slice(&b, hd->name);
+        wbuf_puts(&b, ": ");
+        wbuf_put_slice(&b, hd->value);
+        wbuf_puts(&b, "\r\n");
+    }
+    wbuf_puts(&b, "X-Request-Id: ");
+    wbuf_put_slice(&b, r->req->req_id);
+    bool is_head = r->req->http->method == HTTP_HEAD;
+    if (!stream && r->res.body_kind == HTTP_BODY_LENGTH) {
+        wbuf_puts(&b, "\r\nContent-Length: ");
+        wbuf_put_u64(&b, r->res.content_length);
+    } else if (!is_head && r->res.body_kind != HTTP_BODY_NONE) {
+        wbuf_puts(&b, "\r\nTransfer-Encoding: chunked");
+    } else {
+        wbuf_puts(&b, "\r\nContent-Length: 0");
+    }
+    if (!r->req->http->keep_alive)
+        wbuf_puts(&b, "\r\nConnection: close");
+    wbuf_puts(&b, "\r\n\r\n");
+    if (b.overflow)
+        return -1;
+    r->client_head = wbuf_slice(&b);
+    return 0;
+}
+
+/* ---- relaying the body ---- */
+
+/* Decodes newly read bytes into the pending region; false on bad framing. */
+static bool decode(relay *r)
+{
+    size_t raw = r->len - r->raw_start;
+    if (r->res.body_kind == HTTP_BODY_CHUNKED) {
+        size_t used = 0, produced = 0;
+        http_chunked_result cr =
+            http_chunked_decode(&r->chunked, r->buf + r->dec_end, r->buf + r->raw_start, raw, &used, &produced);
+        r->raw_start += used;
+        r->dec_end += produced;
+        if (cr == CHUNKED_ERROR)
+            return false;
+        if (cr == CHUNKED_DONE)
+            r->body_complete = true;
+        return true;
+    }
+    if (r->res.body_kind == HTTP_BODY_LENGTH) {
+        if (raw > r->body_left)
+            raw = (size_t)r->body_left; /* bytes past the body are not ours */
+        r->body_left -= raw;
+        if (r->body_left == 0)
+            r->body_complete = true;
+    }
+    r->raw_start += raw;
+    r->dec_end += raw;
+    return true;
+}
+
+/* Inspects one event; false when it should not reach the client. */
+static bool inspect_event(relay *r, const sse_event *ev)
+{
+    access_record *rec = r->req->record;
+    if (!ev->has_fields || ev->data_lines == 0)
+        return ev->has_fields; /* comments are dropped; the heartbeat covers idle proxies */
+    if (sse_is_done(ev)) {
+        r->saw_done = true;
+        return true;
+    }
+    slice data = ev->data;
+    if (ev->data_lines > 1) {
+        size_t n = sse_join_data(ev->raw, NULL, 0);
+        char *joined = arena_alloc(r->arena, n ? n : 1);
+        if (!joined)
+            return true;
+        sse_join_data(ev->raw, joined, n);
+        data = (slice){joined, n};
+    }
+    json_chunk_info info;
+    if (json_inspect_chunk(data.ptr, data.len, r->arena, &info) != 0)
+        return true; /* not ours to judge: relay what the upstream said */
+    rec->chunks++;
+    if (info.has_usage) {
+        rec->prompt_tokens = info.prompt_tokens;
+        rec->completion_tokens = info.completion_tokens;
+    }
+    return !(info.usage_only && !r->client_wants_usage);
+}
+
+static int flush_frame(relay *r, sse_frame *f)
+{
+    sse_frame_end(f);
+    if (f->count == 1 && f->iov[0].iov_len == 0)
+        return 0;
+    r->head_sent = true;
+    return send_iov(r, f->iov, f->count);
+}
+
+/* Relays every complete event in the pending region, in one chunk. */
+static int relay_events(relay *r, bool at_eof)
+{
+    sse_frame f;
+    sse_frame_begin(&f, r->head_sent ? (slice){NULL, 0} : r->client_head);
+    bool head_pending = !r->head_sent;
+    sse_event ev;
+    while (r->dec_start < r->dec_end || at_eof) {
+        if (!sse_next_event(&r->sse, r->buf + r->dec_start, r->dec_end - r->dec_start, at_eof, &ev))
+            break;
+        if (inspect_event(r, &ev)) {
+            if (!sse_frame_add(&f, ev.raw)) {
+                if (flush_frame(r, &f) != 0)
+                    return -1;
+                sse_frame_begin(&f, (slice){NULL, 0});
+                sse_frame_add(&f, ev.raw);
+            }
+            if (ev.unterminated)
+                sse_frame_add(&f, SLICE_LIT("\n\n"));
+        }
+        r->dec_start += ev.raw.len;
+        if (ev.unterminated)
+            break;
+    }
+    /* The head goes out now even without an event: the client should see
+     * its 200 as soon as the upstream sent one. */
+    if (head_pending && f.payload == 0) {
+        r->head_sent = true;
+        return send_iov(r, f.iov, 1);
+    }
+    return flush_frame(r, &f);
+}
+
+static int relay_passthrough(relay *r)
+{
+    slice piece = {r->buf + r->dec_start, r->dec_end - r->dec_start};
+    bool framed = r->res.body_kind != HTTP_BODY_LENGTH && r->req->http->method != HTTP_HEAD;
+    struct iovec iov[4];
+    size_t n = 0;
+    char size_line[18];
+    if (!r->head_sent)
+        iov[n++] = (struct iovec){(void *)r->client_head.ptr, r->client_head.len};
+    r->head_sent = true;
+    if (piece.len) {
+        if (framed)
+            iov[n++] = (struct iovec){size_line, http_chunk_header(size_line, piece.len)};
+        iov[n++] = (struct iovec){(void *)piece.ptr, piece.len};
+        if (framed)
+            iov[n++] = (struct iovec){(void *)"\r\n", 2};
+    }
+    r->dec_start = r->dec_end;
+    r->req->record->chunks += piece.len ? 1 : 0;
+    return n ? send_iov(r, iov, n) : 0;
+}
+
+/* Moves pending bytes to the front so the next read has room. */
+static void compact(relay *r)
+{
+    if (r->dec_start == r->dec_end && r->raw_start == r->len) {
+        r->dec_start = r->dec_end = r->raw_start = r->len = 0;
+        return;
+    }
+    if (r->dec_start == 0)
+        return;
+    size_t shift = r->dec_start;
+    memmove(r->buf, r->buf + shift, r->len - shift);
+    r->dec_start = 0;
+    r->dec_end -= shift;
+    r->raw_start -= shift;
+    r->len -= shift;
+}
+
+static void end_of_answer(relay *r)
+{
+    bool stream = r->state == RELAY_STREAM;
+    bool framed_body = r->res.body_kind != HTTP_BODY_LENGTH && r->res.body_kind != HTTP_BODY_NONE &&
+                       r->req->http->method != HTTP_HEAD;
+    r->upstream_reusable = r->res.keep_alive && r->body_complete && r->raw_start == r->len;
+    if (stream || framed_body) {
+        struct iovec end = {(void *)"0\r\n\r\n", 5};
+        if (send_iov(r, &end, 1) != 0)
+            return;
+    }
+    r->req->record->status = r->res.status;
+    finish(r, r->req->http->keep_alive);
+}
+
+/* Handles the body bytes in buf; returns false once the relay has ended. */
+static bool process_body(relay *r, bool at_eof)
+{
+    if (!decode(r)) {
+        fail(r, 502, "upstream sent a malformed chunked body", "upstream_protocol_error");
+        return false;
+    }
+    int rc = r->state == RELAY_STREAM ? relay_events(r, at_eof || r->body_complete) : relay_passthrough(r);
+    if (rc != 0)
+        return false; /* the client is gone; the server aborts us */
+    if (r->body_complete) {
+        end_of_answer(r);
+        return false;
+    }
+    compact(r);
+    if (r->len == RELAY_READ_BUFFER) {
+        fail(r, 502, "upstream sent an event larger than the relay buffer", "upstream_protocol_error");
+        return false;
+    }
+    return true;
+}
+
+static bool is_event_stream(slice content_type)
+{
+    return content_type.len >= 17 && slice_eq_nocase((slice){content_type.ptr, 17}, SLICE_LIT("text/event-stream"));
+}
+
+/* Returns false once the relay has ended. */
+static bool process_head(relay *r)
+{
+    http_parse_result pr = http_parse_response(r->buf, r->len, RESPONSE_HEAD_MAX, r->req->http->method == HTTP_HEAD,
+                                               &r->res);
+    if (pr == HTTP_PARSE_INCOMPLETE) {
+        if (r->len == RELAY_READ_BUFFER) {
+            fail(r, 502, "upstream response head too large", "upstream_protocol_error");
+            return false;
+        }
+        return true;
+    }
+    if (pr != HTTP_PARSE_DONE) {
+        char msg[160];
+        wbuf b = wbuf_over(msg, sizeof msg - 1);
+        wbuf_puts(&b, "upstream protocol error: ");
+        wbuf_puts(&b, r->res.error ? r->res.error : "malformed response");
+        msg[b.len] = '\0';
+        fail(r, 502, msg, "upstream_protocol_error");
+        return false;
+    }
+    if (r->res.status < 200) {
+        /* 1xx: drop it and wait for the real answer. */
+        memmove(r->buf, r->buf + r->res.head_len, r->len - r->res.head_len);
+        r->len -= r->res.head_len;
+        return r->len ? process_head(r) : true;
+    }
+    access_record *rec = r->req->record;
+    rec->ttfb_ms = (int64_t)(now(r) - r->started_ms);
+    rec->status = r->res.status;
+    bool stream = is_event_stream(r->res.content_type) && r->res.body_kind != HTTP_BODY_NONE;
+    if (build_client_head(r, stream) != 0) {
+        fail(r, 502, "upstream response head too large", "upstream_protocol_error");
+        return false;
+    }
+    r->state = stream ? RELAY_STREAM : RELAY_BODY;
+    r->body_left = r->res.content_length;
+    r->dec_start = r->dec_end = r->raw_start = r->res.head_len;
+    r->body_complete = r->res.body_kind == HTTP_BODY_NONE ||
+                       (r->res.body_kind == HTTP_BODY_LENGTH && r->res.content_length == 0);
+    if (stream)
+        loop_timer_arm(r->env->loop, &r->heartbeat, HEARTBEAT_MS, on_heartbeat, r);
+    return process_body(r, false);
+}
+
+/* ---- upstream I/O ---- */
+
+static void start_attempt(relay *r);
+
+/* A transport failure before any answer byte: try again if allowed. */
+static void retry_or_fail(relay *r, int status, const char *message, const char *code)
+{
+    if (r->len == 0 && !r->head_sent && r->retries < r->env->cfg->retries &&
+        now(r) - r->started_ms < r->env->cfg->request_timeout_ms) {
+        r->retries++;
+        r->req->record->retries = r->retries;
+        release_upstream(r, false);
+        start_attempt(r);
+        return;
+    }
+    fail(r, status, message, code);
+}
+
+static void want_io(relay *r)
+{
+    bool reading = r->state >= RELAY_AWAIT_HEAD && r->state != RELAY_FINISHED &&
+                   r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER;
+    upstream_want(r->up, reading, r->state == RELAY_SENDING);
+}
+
+static void send_request(relay *r)
+{
+    while (r->out_index < r->out_count) {
+        struct iovec iov[4];
+        size_t n = 0;
+        for (size_t i = r->out_index; i < r->out_count; i++)
+            iov[n++] = r->out[i];
+        iov[0].iov_base = (char *)iov[0].iov_base + r->out_offset;
+        iov[0].iov_len -= r->out_offset;
+        ssize_t w = upstream_writev(r->up, iov, n);
+        if (w < 0) {
+            if (errno == EAGAIN)
+                break;
+            bool tls = upstream_is_tls(r->up) && !upstream_was_reused(r->up);
+            char msg[256];
+            wbuf b = wbuf_over(msg, sizeof msg - 1);
+            wbuf_puts(&b, tls ? "upstream TLS failed: " : "upstream write failed: ");
+            wbuf_puts(&b, upstream_error(r->up));
+            msg[b.len] = '\0';
+            retry_or_fail(r, 502, msg, tls ? "upstream_tls_error" : "upstream_io_error");
+            return;
+        }
+        size_t done = (size_t)w;
+        while (done && r->out_index < r->out_count) {
+            size_t left = r->out[r->out_index].iov_len - r->out_offset;
+            if (done < left) {
+                r->out_offset += done;
+                done = 0;
+            } else {
+                done -= left;
+                r->out_index++;
+                r->out_offset = 0;
+            }
+        }
+        while (r->out_index < r->out_count && r->out[r->out_index].iov_len == 0)
+            r->out_index++;
+    }
+    if (r->out_index == r->out_count) {
+        r->state = RELAY_AWAIT_HEAD;
+        loop_timer_arm(r->env->loop, &r->phase_timer, r->env->cfg->first_byte_timeout_ms, on_phase_timeout, r);
+    }
+    want_io(r);
+}
+
+static void read_answer(relay *r)
+{
+    if (!r->buf) {
+        r->buf = pool_get(r->env->read_buffers);
+        if (!r->buf) {
+            fail(r, 502, "out of memory", "internal_error");
+            return;
+        }
+    }
+    ssize_t n = upstream_read(r->up, r->buf + r->len, RELAY_READ_BUFFER - r->len);
+    if (n < 0 && errno == EAGAIN) {
+        want_io(r);
+        return;
+    }
+    if (n <= 0) {
+        bool tls = upstream_is_tls(r->up);
+        if (r->state == RELAY_AWAIT_HEAD && r->len == 0) {
+            char msg[256];
+            wbuf b = wbuf_over(msg, sizeof msg - 1);
+            if (n < 0 && tls && !upstream_was_reused(r->up))
+                wbuf_puts(&b, "upstream TLS failed: ");
+            else
+                wbuf_puts(&b, "upstream closed the connection before answering");
+            if (n < 0) {
+                wbuf_puts(&b, tls && !upstream_was_reused(r->up) ? "" : ": ");
+                wbuf_puts(&b, upstream_error(r->up));
+            }
+            msg[b.len] = '\0';
+            retry_or_fail(r, 502, msg, n < 0 && tls ? "upstream_tls_error" : "upstream_closed");
+            return;
+        }
+        if (r->state == RELAY_AWAIT_HEAD) {
+            fail(r, 502, "upstream closed the connection in the middle of its response head", "upstream_closed");
+            return;
+        }
+        if (n == 0 && r->res.body_kind == HTTP_BODY_UNTIL_CLOSE) {
+            r->body_complete = true;
+            r->res.keep_alive = false;
+            process_body(r, true);
+            return;
+        }
+        if (r->saw_done) {
+            /* Everything arrived; only the framing's end is missing. */
+            r->body_complete = true;
+            r->res.keep_alive = false;
+            process_body(r, true);
+            return;
+        }
+        fail(r, 502, n == 0 ? "upstream closed the stream before it ended" : "upstream connection failed mid-stream",
+             "upstream_closed");
+        return;
+    }
+    r->len += (size_t)n;
+    r->req->record->bytes_in += 0; /* bytes_in counts the client's request */
+    loop *l = r->env->loop;
+    if (r->state == RELAY_AWAIT_HEAD) {
+        loop_timer_stop(l, &r->phase_timer);
+        if (!process_head(r))
+            return;
+    } else if (!process_body(r, false)) {
+        return;
+    }
+    loop_timer_arm(l, &r->phase_timer, r->env->cfg->idle_timeout_ms, on_phase_timeout, r);
+    if (r->state == RELAY_STREAM)
+        loop_timer_arm(l, &r->heartbeat, HEARTBEAT_MS, on_heartbeat, r);
+    want_io(r);
+}
+
+static void on_upstream_io(void *ctx, uint32_t events)
+{
+    relay *r = ctx;
+    if (r->state == RELAY_SENDING && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+        send_request(r);
+    if (r->state >= RELAY_AWAIT_HEAD && r->state != RELAY_FINISHED &&
+        (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))) {
+        if (r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER || (events & (EPOLLERR | EPOLLHUP)))
+            read_answer(r);
+    } else if (r->state == RELAY_SENDING && (events & EPOLLIN)) {
+        /* TLS may need to read handshake records before it can write. */
+        send_request(r);
+    }
+}
+
+static void on_upstream_ready(void *ctx)
+{
+    relay *r = ctx;
+    r->state = RELAY_SENDING;
+    r->out_index = 0;
+    r->out_offset = 0;
+    send_request(r);
+}
+
+static void on_upstream_failed(void *ctx, upstream_failure kind, const char *message)
+{
+    relay *r = ctx;
+    r->up = NULL; /* upstream.c closed it */
+    bool timeout = kind == UPSTREAM_FAIL_CONNECT_TIMEOUT;
+    retry_or_fail(r, timeout ? 504 : 502, message, timeout ? "upstream_connect_timeout" : "upstream_connect_error");
+}
+
+static const upstream_events upstream_callbacks = {on_upstream_ready, on_upstream_io, on_upstream_failed};
+
+static void start_attempt(relay *r)
+{
+    r->state = RELAY_CONNECTING;
+    r->len = 0;
+    r->up = upstream_open(r->env->target, r->env->loop, r->env->cfg->connect_timeout_ms, &upstream_callbacks, r);
+    if (!r->up)
+        fail(r, 502, "out of memory", "internal_error");
+}
+
+/* ---- the public face ---- */
+
+relay *relay_start(const relay_env *env, arena *a, const relay_request *req, const relay_sink *sink, void *client)
+{
+    relay *r = arena_alloc(a, sizeof *r);
+    if (!r) {
+        sink->error(client, 503, "out of memory", "server_error", "internal_error");
+        return NULL;
+    }
+    memset(r, 0, sizeof *r);
+    r->env = env;
+    r->arena = a;
+    r->req = req;
+    r->sink = sink;
+    r->client = client;
+    r->started_ms = loop_now_ms(env->loop);
+    access_record *rec = req->record;
+    rec->upstream = slice_of(env->target->name);
+    rec->ttfb_ms = -1;
+
+    const http_request *h = req->http;
+    if (h->method == HTTP_POST && (req->body_len > 0 || slice_eq(h->path, SLICE_LIT("/v1/chat/completions")))) {
+        const char *why = NULL;
+        if (json_inspect_request(req->body, req->body_len, a, &r->info, &why) != 0) {
+            rec->status = 400;
+            rec->error = why;
+            sink->error(client, 400, why, "invalid_request_error", "invalid_json");
+            return NULL;
+        }
+        rec->model = r->info.model;
+        r->client_wants_usage = r->info.client_wants_usage;
+    }
+    if (build_request(r) != 0) {
+        rec->status = 431;
+        rec->error = "request head too large to forward";
+        sink->error(client, 431, rec->error, "invalid_request_error", "headers_too_large");
+        return NULL;
+    }
+    loop_timer_arm(env->loop, &r->deadline, env->cfg->request_timeout_ms, on_deadline, r);
+    start_attempt(r);
+    return r;
+}
+
+void relay_abort(relay *r)
+{
+    if (r->state == RELAY_FINISHED)
+        return;
+    r->state = RELAY_FINISHED;
+    record_error(r, "client closed the connection");
+    if (!r->req->record->status || !r->head_sent)
+        r->req->record->status = 499;
+    stop_timers(r);
+    release_upstream(r, false);
+}
+
+void relay_resume(relay *r)
+{
+    if (r->state == RELAY_STREAM || r->state == RELAY_BODY)
+        want_io(r);
+}

@@ -1,0 +1,57 @@
+/* One request relayed to the upstream and its answer relayed back: the
+ * state machine between a client connection and an upstream connection.
+ * SSE answers go through the SSE parser and framer event by event; other
+ * answers are passed through as they arrive. */
+#ifndef SSEGATE_RELAY_H
+#define SSEGATE_RELAY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/uio.h>
+
+#include "arena.h"
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "loop.h"
+#include "upstream.h"
+
+/* The client as the relay sees it: where bytes go, nothing more. */
+typedef struct relay_sink {
+    /* Sends or queues all of iov; -1 when the client is gone. */
+    int (*send)(void *client, const struct iovec *iov, size_t count);
+    size_t (*pending)(void *client);
+    /* Answers with a §6 JSON error (before any byte of an answer was sent). */
+    void (*error)(void *client, int status, const char *message, const char *type, const char *code);
+    /* The answer is complete; `reusable` when the client connection may go on. */
+    void (*finished)(void *client, bool reusable);
+} relay_sink;
+
+typedef struct relay_env {
+    loop *loop;
+    const config *cfg;
+    upstream_target *target;
+    buffer_pool *read_buffers; /* RELAY_READ_BUFFER bytes each */
+} relay_env;
+
+enum { RELAY_READ_BUFFER = 64 * 1024, RELAY_CLIENT_HIGH_WATER = 256 * 1024 };
+
+typedef struct relay_request {
+    const http_request *http;
+    const char *body;
+    size_t body_len;
+    slice req_id;
+    access_record *record; /* the relay fills status, model, upstream, timings, counts, error */
+} relay_request;
+
+typedef struct relay relay;
+
+/* Starts relaying; memory comes from `a`. Returns NULL after answering the
+ * client itself (bad body: 400). */
+relay *relay_start(const relay_env *env, arena *a, const relay_request *req, const relay_sink *sink, void *client);
+/* The client went away: close the upstream connection now, release all. */
+void relay_abort(relay *r);
+/* The client's queue drained below the high-water mark. */
+void relay_resume(relay *r);
+
+#endif

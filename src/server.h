@@ -1,0 +1,25 @@
+/* Client connections: accept, parse requests, route them, write answers;
+ * keep-alive, pipelining, timeouts, --max-conns, and draining on SIGTERM. */
+#ifndef SSEGATE_SERVER_H
+#define SSEGATE_SERVER_H
+
+#include <stdbool.h>
+
+#include "config.h"
+#include "loop.h"
+#include "upstream.h"
+
+typedef struct server server;
+
+/* Binds cfg->listen. Returns NULL with *why on failure. */
+server *server_new(loop *l, const config *cfg, upstream_target *target, const char **why);
+/* "ADDR:PORT" actually bound (port 0 resolved). */
+const char *server_address(const server *s);
+/* Ready for traffic: /readyz turns 200. */
+void server_set_ready(server *s, bool ready);
+/* Stops accepting, lets requests in flight finish, then stops the loop
+ * (at the latest after cfg->drain_timeout_ms). */
+void server_drain(server *s);
+void server_free(server *s);
+
+#endif

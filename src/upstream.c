@@ -1,0 +1,392 @@
+#include "upstream.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+typedef enum conn_state { CONN_CONNECTING, CONN_READY, CONN_IDLE } conn_state;
+
+struct upstream_conn {
+    upstream_target *target;
+    loop *loop;
+    loop_io io;
+    int fd;
+    conn_state state;
+    size_t addr_index;
+    tls_conn *tls;
+    bool reused, want_read, want_write;
+    loop_timer timer; /* connect timeout, or idle expiry in the pool */
+    loop_deferred deferred;
+    const upstream_events *ev;
+    void *ctx;
+    int last_errno;
+    upstream_conn *next_idle, *prev_idle;
+    char error[512];
+};
+
+int upstream_target_init(upstream_target *t, const char *base_url, const char *api_key, const char *ca_file,
+                         const char **why)
+{
+    memset(t, 0, sizeof *t);
+    t->max_idle = 256;
+    t->idle_timeout_ms = 30000;
+    if (url_parse(base_url, &t->base, why) != 0)
+        return -1;
+    snprintf(t->name, sizeof t->name, "%s:%u", t->base.host, t->base.port);
+
+    char port[8];
+    snprintf(port, sizeof port, "%u", t->base.port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(t->base.host, port, &hints, &res);
+    if (rc != 0) {
+        static char msg[320];
+        snprintf(msg, sizeof msg, "cannot resolve upstream host %s (DNS): %s", t->base.host, gai_strerror(rc));
+        *why = msg;
+        return -1;
+    }
+    for (struct addrinfo *ai = res; ai && t->addr_count < UPSTREAM_MAX_ADDRS; ai = ai->ai_next) {
+        memcpy(&t->addrs[t->addr_count], ai->ai_addr, ai->ai_addrlen);
+        t->addr_lens[t->addr_count++] = ai->ai_addrlen;
+    }
+    freeaddrinfo(res);
+
+    if (api_key && *api_key) {
+        size_t n = strlen(api_key) + sizeof "Bearer ";
+        t->auth_header = malloc(n);
+        if (!t->auth_header) {
+            *why = "out of memory";
+            return -1;
+        }
+        snprintf(t->auth_header, n, "Bearer %s", api_key);
+    }
+    if (t->base.tls) {
+        t->trust = tls_trust_load(ca_file, why);
+        if (!t->trust)
+            return -1;
+        t->sessions = tls_session_cache_new();
+        if (!t->sessions) {
+            *why = "out of memory";
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void conn_close(upstream_conn *c);
+
+void upstream_target_free(upstream_target *t, loop *l)
+{
+    (void)l;
+    while (t->idle)
+        conn_close(t->idle);
+    if (t->auth_header) {
+        explicit_bzero(t->auth_header, strlen(t->auth_header));
+        free(t->auth_header);
+    }
+    tls_trust_free(t->trust);
+    tls_session_cache_free(t->sessions);
+    memset(t, 0, sizeof *t);
+}
+
+/* ---- the pool ---- */
+
+static void idle_unlink(upstream_conn *c)
+{
+    upstream_target *t = c->target;
+    if (c->prev_idle)
+        c->prev_idle->next_idle = c->next_idle;
+    else
+        t->idle = c->next_idle;
+    if (c->next_idle)
+        c->next_idle->prev_idle = c->prev_idle;
+    c->next_idle = c->prev_idle = NULL;
+    t->idle_count--;
+}
+
+static void free_conn(void *ctx) { free(ctx); }
+
+static void conn_close(upstream_conn *c)
+{
+    if (c->state == CONN_IDLE)
+        idle_unlink(c);
+    loop_timer_stop(c->loop, &c->timer);
+    if (c->fd >= 0) {
+        loop_io_del(c->loop, &c->io);
+        if (c->tls)
+            tls_close(c->tls, c->fd);
+        close(c->fd);
+        c->fd = -1;
+    }
+    tls_free(c->tls);
+    c->tls = NULL;
+    /* An event for this fd may still be queued in this tick. */
+    loop_defer(c->loop, &c->deferred, free_conn, c);
+}
+
+static void on_idle_event(void *ctx, uint32_t events)
+{
+    (void)events; /* an idle upstream speaking or closing is done for */
+    conn_close(ctx);
+}
+
+static void on_idle_expired(void *ctx) { conn_close(ctx); }
+
+void upstream_release(upstream_conn *c, bool reusable)
+{
+    upstream_target *t = c->target;
+    loop_timer_stop(c->loop, &c->timer);
+    if (!reusable || c->state != CONN_READY || t->idle_count >= t->max_idle) {
+        conn_close(c);
+        return;
+    }
+    c->state = CONN_IDLE;
+    c->ev = NULL;
+    c->ctx = NULL;
+    c->io.fn = on_idle_event;
+    c->io.ctx = c;
+    loop_io_set(c->loop, &c->io, EPOLLIN | EPOLLRDHUP);
+    c->next_idle = t->idle;
+    c->prev_idle = NULL;
+    if (t->idle)
+        t->idle->prev_idle = c;
+    t->idle = c;
+    t->idle_count++;
+    loop_timer_arm(c->loop, &c->timer, t->idle_timeout_ms, on_idle_expired, c);
+}
+
+/* ---- connecting ---- */
+
+static void on_conn_io(void *ctx, uint32_t events);
+
+static void fail(upstream_conn *c, upstream_failure kind, const char *fmt, const char *detail)
+{
+    snprintf(c->error, sizeof c->error, fmt, c->target->name, detail);
+    const upstream_events *ev = c->ev;
+    void *ctx = c->ctx;
+    conn_close(c);
+    ev->failed(ctx, kind, c->error);
+}
+
+static void update_events(upstream_conn *c)
+{
+    uint32_t want = EPOLLRDHUP;
+    if (c->state == CONN_CONNECTING) {
+        want |= EPOLLOUT;
+    } else {
+        if (c->want_read)
+            want |= EPOLLIN;
+        if (c->want_write)
+            want |= EPOLLOUT;
+        if (c->tls)
+            want |= tls_events(c->tls);
+    }
+    loop_io_set(c->loop, &c->io, want);
+}
+
+/* Starts a connect to the next address; false when none is left. */
+static bool try_next_address(upstream_conn *c)
+{
+    upstream_target *t = c->target;
+    while (c->addr_index < t->addr_count) {
+        size_t i = c->addr_index++;
+        int fd = socket(t->addrs[i].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            c->last_errno = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        int rc;
+        do
+            rc = connect(fd, (const struct sockaddr *)&t->addrs[i], t->addr_lens[i]);
+        while (rc < 0 && errno == EINTR);
+        if (rc < 0 && errno != EINPROGRESS) {
+            c->last_errno = errno;
+            close(fd);
+            continue;
+        }
+        c->fd = fd;
+        if (loop_io_add(c->loop, &c->io, fd, EPOLLOUT | EPOLLRDHUP, on_conn_io, c) != 0) {
+            c->last_errno = errno;
+            close(fd);
+            c->fd = -1;
+            continue;
+        }
+        return true;
+    }
+    return false;
+}
+
+static void on_connect_timeout(void *ctx)
+{
+    upstream_conn *c = ctx;
+    fail(c, UPSTREAM_FAIL_CONNECT_TIMEOUT, "connect to upstream %s timed out%s", "");
+}
+
+static void become_ready(upstream_conn *c)
+{
+    loop_timer_stop(c->loop, &c->timer);
+    c->state = CONN_READY;
+    update_events(c);
+    c->ev->ready(c->ctx);
+}
+
+static void connect_finished(upstream_conn *c)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        err = errno;
+    if (err == 0) {
+        if (c->target->base.tls) {
+            c->tls = tls_client_new(c->target->trust, c->target->base.host, c->target->sessions);
+            if (!c->tls) {
+                fail(c, UPSTREAM_FAIL_TLS, "TLS with upstream %s failed: %s", "out of memory");
+                return;
+            }
+        }
+        become_ready(c);
+        return;
+    }
+    c->last_errno = err;
+    loop_io_del(c->loop, &c->io);
+    close(c->fd);
+    c->fd = -1;
+    if (!try_next_address(c))
+        fail(c, UPSTREAM_FAIL_CONNECT, "connect to upstream %s failed: %s", strerror(c->last_errno));
+}
+
+static void on_conn_io(void *ctx, uint32_t events)
+{
+    upstream_conn *c = ctx;
+    if (c->state == CONN_CONNECTING) {
+        connect_finished(c);
+        return;
+    }
+    /* Records the engine still holds go out whether or not the owner has
+     * more to write. */
+    if (c->tls && (events & EPOLLOUT) && tls_flush(c->tls, c->fd) != 0 && errno != EAGAIN)
+        events |= EPOLLERR;
+    c->ev->io(c->ctx, events);
+}
+
+static void deliver_pooled(void *ctx)
+{
+    upstream_conn *c = ctx;
+    c->ev->ready(c->ctx);
+}
+
+static void on_no_address(void *ctx)
+{
+    upstream_conn *c = ctx;
+    fail(c, UPSTREAM_FAIL_CONNECT, "connect to upstream %s failed: %s",
+         strerror(c->last_errno ? c->last_errno : EHOSTUNREACH));
+}
+
+upstream_conn *upstream_open(upstream_target *t, loop *l, uint64_t connect_timeout_ms, const upstream_events *ev,
+                             void *ctx)
+{
+    upstream_conn *c = t->idle;
+    if (c) {
+        idle_unlink(c);
+        loop_timer_stop(l, &c->timer);
+        c->state = CONN_READY;
+        c->reused = true;
+        c->ev = ev;
+        c->ctx = ctx;
+        c->io.fn = on_conn_io;
+        c->io.ctx = c;
+        c->want_read = c->want_write = false;
+        t->reuses++;
+        update_events(c);
+        /* Keep the promise of never calling back before returning. */
+        loop_defer(l, &c->deferred, deliver_pooled, c);
+        return c;
+    }
+    c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->target = t;
+    c->loop = l;
+    c->fd = -1;
+    c->io.fd = -1;
+    c->ev = ev;
+    c->ctx = ctx;
+    c->state = CONN_CONNECTING;
+    t->connects++;
+    if (try_next_address(c))
+        loop_timer_arm(l, &c->timer, connect_timeout_ms, on_connect_timeout, c);
+    else /* report through the loop, not from inside this call */
+        loop_timer_arm(l, &c->timer, 0, on_no_address, c);
+    return c;
+}
+
+bool upstream_was_reused(const upstream_conn *c) { return c->reused; }
+bool upstream_is_tls(const upstream_conn *c) { return c->tls != NULL; }
+bool upstream_tls_resumed(const upstream_conn *c) { return c->tls && tls_resumed(c->tls); }
+
+void upstream_want(upstream_conn *c, bool read, bool write)
+{
+    c->want_read = read;
+    c->want_write = write;
+    if (c->state == CONN_READY)
+        update_events(c);
+}
+
+static void note_error(upstream_conn *c, int err)
+{
+    if (c->tls && tls_error(c->tls))
+        snprintf(c->error, sizeof c->error, "%s", tls_error(c->tls));
+    else
+        snprintf(c->error, sizeof c->error, "%s", strerror(err));
+}
+
+ssize_t upstream_read(upstream_conn *c, void *buf, size_t cap)
+{
+    ssize_t n;
+    if (c->tls) {
+        n = tls_read(c->tls, c->fd, buf, cap);
+    } else {
+        do
+            n = read(c->fd, buf, cap);
+        while (n < 0 && errno == EINTR);
+    }
+    if (n < 0 && errno != EAGAIN)
+        note_error(c, errno);
+    if (c->tls)
+        update_events(c);
+    return n;
+}
+
+ssize_t upstream_writev(upstream_conn *c, const struct iovec *iov, size_t count)
+{
+    ssize_t n;
+    if (c->tls) {
+        /* The engine copies into its own buffer; give it the first piece. */
+        size_t i = 0;
+        while (i < count && iov[i].iov_len == 0)
+            i++;
+        if (i == count)
+            return 0;
+        n = tls_write(c->tls, c->fd, iov[i].iov_base, iov[i].iov_len);
+    } else {
+        do
+            n = writev(c->fd, iov, (int)(count > IOV_MAX ? IOV_MAX : count));
+        while (n < 0 && errno == EINTR);
+    }
+    if (n < 0 && errno != EAGAIN)
+        note_error(c, errno);
+    if (c->tls)
+        update_events(c);
+    return n;
+}
+
+const char *upstream_error(const upstream_conn *c) { return c->error; }
