@@ -56,7 +56,22 @@ build/unit-tests-asan: $(UNIT_SRC) tests/unit/unit.h build/libssegate-asan.a
 run: ssegate
 	./ssegate $(ARGS)
 
+# Every suite, then again under AddressSanitizer + UndefinedBehaviorSanitizer.
+TEST_BINS := ssegate tools/mock-upstream build/unit-tests \
+             build/ssegate-asan build/mock-upstream-asan build/unit-tests-asan
+test: $(TEST_BINS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	tests/run-suites.sh \
+	  "unit::./build/unit-tests" \
+	  "integration::$(PYTHON) tests/integration/run.py --gateway ./ssegate --mock tools/mock-upstream" \
+	  "sdk::tests/sdk/run.sh ./ssegate tools/mock-upstream" \
+	  "unit-asan::./build/unit-tests-asan" \
+	  "integration-asan::$(PYTHON) tests/integration/run.py --sanitized --gateway build/ssegate-asan --mock build/mock-upstream-asan"
+
 clean:
 	rm -rf build ssegate tools/mock-upstream
 
 -include $(wildcard build/obj/*.d build/asan/*.d)
+
+bench: ssegate tools/mock-upstream
+	bench/run.sh $(BENCH_SECONDS)

@@ -29,6 +29,8 @@ struct relay {
     upstream_conn *up;
     json_request_info info;
     unsigned retries;
+    bool fresh_only; /* skip the pool after a stale pooled connection */
+    ssize_t last_read;
 
     /* the request as sent upstream */
     struct iovec out[4];
@@ -53,6 +55,7 @@ struct relay {
 };
 
 static void finish(relay *r, bool client_reusable);
+static void retry_or_fail(relay *r, int status, const char *message, const char *code);
 
 /* ---- small helpers ---- */
 
@@ -158,7 +161,10 @@ static void finish(relay *r, bool client_reusable)
 static void on_phase_timeout(void *ctx)
 {
     relay *r = ctx;
-    if (r->state == RELAY_AWAIT_HEAD || r->state == RELAY_SENDING)
+    if (r->state == RELAY_SENDING)
+        retry_or_fail(r, 504, "upstream connect timed out (TLS handshake or sending the request)",
+                      "upstream_connect_timeout");
+    else if (r->state == RELAY_AWAIT_HEAD)
         fail(r, 504, "upstream did not answer within the first-byte timeout", "upstream_timeout");
     else
         fail(r, 504, "upstream went silent for longer than the idle timeout", "upstream_timeout");
@@ -550,6 +556,14 @@ static void start_attempt(relay *r);
 /* A transport failure before any answer byte: try again if allowed. */
 static void retry_or_fail(relay *r, int status, const char *message, const char *code)
 {
+    /* A pooled connection the upstream had quietly closed is no failure of
+     * the upstream: go again on a fresh one, without using up a retry. */
+    if (r->len == 0 && !r->head_sent && r->up && upstream_was_reused(r->up) && !r->fresh_only) {
+        r->fresh_only = true;
+        release_upstream(r, false);
+        start_attempt(r);
+        return;
+    }
     if (r->len == 0 && !r->head_sent && r->retries < r->env->cfg->retries &&
         now(r) - r->started_ms < r->env->cfg->request_timeout_ms) {
         r->retries++;
@@ -578,8 +592,9 @@ static void send_request(relay *r)
         iov[0].iov_base = (char *)iov[0].iov_base + r->out_offset;
         iov[0].iov_len -= r->out_offset;
         ssize_t w = upstream_writev(r->up, iov, n);
+        int err = errno;
         if (w < 0) {
-            if (errno == EAGAIN)
+            if (err == EAGAIN)
                 break;
             bool tls = upstream_is_tls(r->up) && !upstream_was_reused(r->up);
             char msg[256];
@@ -587,7 +602,10 @@ static void send_request(relay *r)
             wbuf_puts(&b, tls ? "upstream TLS failed: " : "upstream write failed: ");
             wbuf_puts(&b, upstream_error(r->up));
             msg[b.len] = '\0';
-            retry_or_fail(r, 502, msg, tls ? "upstream_tls_error" : "upstream_io_error");
+            if (tls && err == EPROTO) /* a certificate does not get better by asking again */
+                fail(r, 502, msg, "upstream_tls_error");
+            else
+                retry_or_fail(r, 502, msg, tls ? "upstream_tls_error" : "upstream_io_error");
             return;
         }
         size_t done = (size_t)w;
@@ -612,7 +630,19 @@ static void send_request(relay *r)
     want_io(r);
 }
 
+static void read_once(relay *r);
+
+/* TLS may hold decrypted bytes that epoll cannot see: read until the engine
+ * is empty, the buffer is full, or the client needs to catch up. */
 static void read_answer(relay *r)
+{
+    do
+        read_once(r);
+    while (r->up && upstream_is_tls(r->up) && r->state >= RELAY_AWAIT_HEAD && r->state != RELAY_FINISHED &&
+           r->last_read > 0 && r->len < RELAY_READ_BUFFER && r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER);
+}
+
+static void read_once(relay *r)
 {
     if (!r->buf) {
         r->buf = pool_get(r->env->read_buffers);
@@ -622,7 +652,9 @@ static void read_answer(relay *r)
         }
     }
     ssize_t n = upstream_read(r->up, r->buf + r->len, RELAY_READ_BUFFER - r->len);
-    if (n < 0 && errno == EAGAIN) {
+    int err = errno;
+    r->last_read = n;
+    if (n < 0 && err == EAGAIN) {
         want_io(r);
         return;
     }
@@ -640,7 +672,10 @@ static void read_answer(relay *r)
                 wbuf_puts(&b, upstream_error(r->up));
             }
             msg[b.len] = '\0';
-            retry_or_fail(r, 502, msg, n < 0 && tls ? "upstream_tls_error" : "upstream_closed");
+            if (n < 0 && tls && err == EPROTO)
+                fail(r, 502, msg, "upstream_tls_error");
+            else
+                retry_or_fail(r, 502, msg, n < 0 && tls ? "upstream_tls_error" : "upstream_closed");
             return;
         }
         if (r->state == RELAY_AWAIT_HEAD) {
@@ -701,6 +736,8 @@ static void on_upstream_ready(void *ctx)
     r->state = RELAY_SENDING;
     r->out_index = 0;
     r->out_offset = 0;
+    /* The TLS handshake and the request's bytes share the connect budget. */
+    loop_timer_arm(r->env->loop, &r->phase_timer, r->env->cfg->connect_timeout_ms, on_phase_timeout, r);
     send_request(r);
 }
 
@@ -718,7 +755,8 @@ static void start_attempt(relay *r)
 {
     r->state = RELAY_CONNECTING;
     r->len = 0;
-    r->up = upstream_open(r->env->target, r->env->loop, r->env->cfg->connect_timeout_ms, &upstream_callbacks, r);
+    r->up = upstream_open(r->env->target, r->env->loop, r->env->cfg->connect_timeout_ms, !r->fresh_only,
+                         &upstream_callbacks, r);
     if (!r->up)
         fail(r, 502, "out of memory", "internal_error");
 }
@@ -780,6 +818,10 @@ void relay_abort(relay *r)
 
 void relay_resume(relay *r)
 {
-    if (r->state == RELAY_STREAM || r->state == RELAY_BODY)
-        want_io(r);
+    if (r->state != RELAY_STREAM && r->state != RELAY_BODY)
+        return;
+    want_io(r);
+    /* Bytes may already wait in the TLS engine, where epoll cannot see them. */
+    if (r->up && upstream_is_tls(r->up))
+        read_answer(r);
 }

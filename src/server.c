@@ -89,6 +89,7 @@ struct client {
 static void client_close(client *c);
 static void process_input(client *c);
 static void update_interest(client *c);
+static void after_request(void *ctx);
 
 /* ---- output ---- */
 
@@ -172,6 +173,7 @@ static int client_send(client *c, const struct iovec *iov, size_t count)
                 break;
             if (w <= 0) {
                 c->dead = true;
+                loop_defer(c->srv->loop, &c->deferred, after_request, c);
                 return -1;
             }
             sent += (size_t)w;
@@ -180,6 +182,7 @@ static int client_send(client *c, const struct iovec *iov, size_t count)
     if (sent < total) {
         if (queue_out(c, iov, count, sent) != 0) {
             c->dead = true;
+            loop_defer(c->srv->loop, &c->deferred, after_request, c);
             return -1;
         }
         update_interest(c);
@@ -301,14 +304,14 @@ static void after_request(void *ctx)
     client *c = ctx;
     if (c->fd < 0)
         return;
+    if (c->dead) { /* aborts the relay if it is still running */
+        client_close(c);
+        return;
+    }
     log_request(c);
     if (c->relay) {
         c->srv->active_requests--;
         c->relay = NULL;
-    }
-    if (c->dead) {
-        client_close(c);
-        return;
     }
     if (!c->reusable || c->srv->draining) {
         c->state = CLIENT_CLOSING;
@@ -611,6 +614,13 @@ static void client_close(client *c)
 static void on_client_timer(void *ctx)
 {
     client *c = ctx;
+    if (pending_out(c) && c->state == CLIENT_READING_HEAD && !c->in_request) {
+        /* Still delivering the last answer: idle means not reading it. */
+        arm_timer(c, c->srv->cfg->keepalive_timeout_ms);
+        c->state = CLIENT_CLOSING;
+        c->closing_after_write = true;
+        return;
+    }
     switch (c->state) {
     case CLIENT_READING_HEAD:
         if (!c->in_request) { /* idle keep-alive connection */

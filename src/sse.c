@@ -4,17 +4,6 @@
 
 #include "http.h"
 
-/* Position just past the line terminator starting at i, 0 if undecidable. */
-static size_t line_end(const char *buf, size_t len, size_t i, bool at_eof)
-{
-    if (buf[i] == '\n')
-        return i + 1;
-    /* CR: alone or followed by LF; the next byte decides. */
-    if (i + 1 < len)
-        return buf[i + 1] == '\n' ? i + 2 : i + 1;
-    return at_eof ? i + 1 : 0;
-}
-
 static size_t bom_length(const char *buf, size_t len)
 {
     return len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
@@ -58,61 +47,73 @@ static void split_field(slice line, slice *name, slice *value)
     *value = (slice){v, (size_t)(end - v)};
 }
 
-static void describe(sse_event *ev)
+/* Notes what one complete, non-empty line contributes to the event. */
+static void take_line(sse_parser *p, const char *event, slice line)
 {
-    line_iter it = {ev->raw, 0};
-    slice line, name, value;
-    while (next_field_line(&it, &line)) {
-        if (line.len == 0 || line.ptr[0] == ':')
-            continue;
-        ev->has_fields = true;
-        split_field(line, &name, &value);
-        if (slice_eq(name, SLICE_LIT("data"))) {
-            if (ev->data_lines++ == 0)
-                ev->data = value;
-        }
+    if (line.ptr[0] == ':')
+        return; /* a comment */
+    p->has_fields = true;
+    slice name, value;
+    split_field(line, &name, &value);
+    if (slice_eq(name, SLICE_LIT("data")) && p->data_lines++ == 0) {
+        p->data_off = (size_t)(value.ptr - event);
+        p->data_len = value.len;
     }
+}
+
+static void emit(sse_parser *p, const char *event, size_t len, bool unterminated, sse_event *ev)
+{
+    ev->raw = (slice){event, len};
+    ev->data = (slice){event + p->data_off, p->data_len};
+    ev->data_lines = p->data_lines;
+    ev->has_fields = p->has_fields;
+    ev->unterminated = unterminated;
+    bool seen = p->seen_bytes;
+    *p = (sse_parser){0};
+    p->seen_bytes = seen;
 }
 
 bool sse_next_event(sse_parser *p, const char *buf, size_t len, bool at_eof, sse_event *ev)
 {
     *ev = (sse_event){0};
-    size_t start = 0;
     if (!p->seen_bytes) {
         if (len < 3 && !at_eof && memcmp(buf, "\xEF\xBB\xBF", len) == 0)
             return false;
-        start = bom_length(buf, len);
-        if (len > 0)
+        if (len > 0) {
             p->seen_bytes = true;
-    }
-    /* An event ends at an empty line: a terminator at the start of a line. */
-    size_t i = p->scanned > start ? p->scanned : start;
-    bool line_start = i == start || buf[i - 1] == '\n' || buf[i - 1] == '\r';
-    while (i < len) {
-        char c = buf[i];
-        if (c != '\n' && c != '\r') {
-            line_start = false;
-            i++;
-            continue;
+            p->line_start = bom_length(buf, len);
         }
-        size_t next = line_end(buf, len, i, at_eof);
-        if (next == 0)
+    }
+    /* One pass, line end to line end. The first CR is looked up once: most
+     * streams have none, and then only LF matters. */
+    size_t i = p->line_start;
+    const char *cr = i < len ? memchr(buf + i, '\r', len - i) : NULL;
+    while (i < len) {
+        const char *lf = memchr(buf + i, '\n', len - i);
+        if (cr && cr < buf + i)
+            cr = memchr(buf + i, '\r', len - i);
+        const char *term = lf && (!cr || lf < cr) ? lf : cr;
+        if (!term)
             break;
-        if (line_start) {
-            ev->raw = (slice){buf + start, next - start};
-            describe(ev);
-            p->scanned = 0;
+        size_t t = (size_t)(term - buf), next = t + 1;
+        if (*term == '\r') {
+            if (t + 1 == len && !at_eof)
+                break; /* CR or CRLF: the next byte decides */
+            if (t + 1 < len && buf[t + 1] == '\n')
+                next = t + 2;
+        }
+        slice line = {buf + i, t - i};
+        if (line.len == 0) {
+            emit(p, buf, next, false, ev);
             return true;
         }
-        line_start = true;
-        i = next;
+        take_line(p, buf, line);
+        i = p->line_start = next;
     }
-    p->scanned = i;
-    if (at_eof && len > start) {
-        ev->raw = (slice){buf + start, len - start};
-        ev->unterminated = true;
-        describe(ev);
-        p->scanned = 0;
+    if (at_eof && len > 0) {
+        if (i < len) /* a last line lacking its terminator */
+            take_line(p, buf, (slice){buf + i, len - i});
+        emit(p, buf, len, true, ev);
         return true;
     }
     return false;

@@ -11,9 +11,14 @@
 
 #include "slice.h"
 
+/* What is known of the pending event so far; offsets are from its start,
+ * so the caller may move the pending bytes between calls. */
 typedef struct sse_parser {
-    size_t scanned; /* bytes of the pending event already searched for its end */
-    bool seen_bytes;/* a leading BOM is only stripped at the very start */
+    size_t line_start;  /* start of the line being scanned */
+    size_t data_lines;
+    size_t data_off, data_len; /* the first data value */
+    bool has_fields;
+    bool seen_bytes; /* a leading BOM is only stripped at the very start */
 } sse_parser;
 
 typedef struct sse_event {

@@ -185,8 +185,15 @@ static void update_events(upstream_conn *c)
             want |= EPOLLIN;
         if (c->want_write)
             want |= EPOLLOUT;
-        if (c->tls)
-            want |= tls_events(c->tls);
+        if (c->tls) {
+            /* Once the handshake is done, EPOLLIN is the owner's call alone:
+             * an idle engine always asks for input, which would spin while
+             * the owner holds back for backpressure. */
+            uint32_t engine = tls_events(c->tls);
+            if (tls_handshake_done(c->tls) && !c->want_read)
+                engine &= ~(uint32_t)EPOLLIN;
+            want |= engine;
+        }
     }
     loop_io_set(c->loop, &c->io, want);
 }
@@ -291,10 +298,10 @@ static void on_no_address(void *ctx)
          strerror(c->last_errno ? c->last_errno : EHOSTUNREACH));
 }
 
-upstream_conn *upstream_open(upstream_target *t, loop *l, uint64_t connect_timeout_ms, const upstream_events *ev,
-                             void *ctx)
+upstream_conn *upstream_open(upstream_target *t, loop *l, uint64_t connect_timeout_ms, bool pooled,
+                             const upstream_events *ev, void *ctx)
 {
-    upstream_conn *c = t->idle;
+    upstream_conn *c = pooled ? t->idle : NULL;
     if (c) {
         idle_unlink(c);
         loop_timer_stop(l, &c->timer);

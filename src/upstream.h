@@ -53,10 +53,10 @@ typedef struct upstream_events {
     void (*failed)(void *ctx, upstream_failure kind, const char *message);
 } upstream_events;
 
-/* Hands out a pooled connection (ready is called from a deferred step) or
- * starts a new one. Never calls back before returning. */
-upstream_conn *upstream_open(upstream_target *t, loop *l, uint64_t connect_timeout_ms, const upstream_events *ev,
-                             void *ctx);
+/* Hands out a pooled connection when `pooled` (ready is called from a
+ * deferred step) or starts a new one. Never calls back before returning. */
+upstream_conn *upstream_open(upstream_target *t, loop *l, uint64_t connect_timeout_ms, bool pooled,
+                             const upstream_events *ev, void *ctx);
 bool upstream_was_reused(const upstream_conn *c);
 
 /* I/O on a ready connection. -1 with errno EAGAIN means wait for io(). */
