@@ -20,11 +20,13 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# Sets MOCK to the port. Not called in $(...): its PID must reach `pids`.
 start_mock() {
     tools/mock-upstream --listen 127.0.0.1:0 --chunks "$CHUNKS" >"$work/mock.out" 2>"$work/mock.err" &
     pids+=($!)
     for _ in $(seq 50); do grep -q LISTEN "$work/mock.out" && break; sleep 0.1; done
-    sed -n 's/^LISTEN 127.0.0.1:\([0-9]*\).*/\1/p' "$work/mock.out"
+    MOCK=$(sed -n 's/^LISTEN 127.0.0.1:\([0-9]*\).*/\1/p' "$work/mock.out")
+    [ -n "$MOCK" ] || { echo "mock did not start"; exit 1; }
 }
 
 # ssegate on PORT relaying to the mock, optionally under a wrapper (valgrind).
@@ -88,7 +90,7 @@ command -v wrk >/dev/null && command -v nginx >/dev/null || {
     echo "bench needs wrk and nginx: apt-get install wrk nginx-light"; exit 1; }
 make -s ssegate tools/mock-upstream >/dev/null
 
-MOCK=$(start_mock)
+start_mock
 GW=$(free_port); start_gateway "$GW"
 NG=$(free_port); start_nginx "$NG"
 

@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Requests larger than a block get a block of their own size; those are not
- * cached, so a 4 MiB body does not pin 4 MiB forever. */
+/* Requests larger than a block get a block of their own size, which becomes
+ * the head; those are not cached, so a 4 MiB body does not pin 4 MiB forever. */
 struct arena_block {
     arena_block *next;
     size_t cap;
@@ -27,6 +27,8 @@ static arena_block *block_new(size_t cap)
         cached_count--;
         return b;
     }
+    if (cap > SIZE_MAX - sizeof(arena_block))
+        return NULL; /* the header would wrap the size round to a tiny block */
     arena_block *b = malloc(sizeof *b + cap);
     if (b)
         b->cap = cap;
@@ -54,13 +56,6 @@ void *arena_alloc(arena *a, size_t size)
         arena_block *b = block_new(cap);
         if (!b)
             return NULL;
-        if (cap > ARENA_BLOCK_SIZE && a->head) {
-            /* Keep filling the current block: tuck the big one behind it. */
-            b->next = a->head->next;
-            a->head->next = b;
-            a->total += need;
-            return b->data;
-        }
         b->next = a->head;
         a->head = b;
         a->used = 0;
@@ -80,6 +75,20 @@ void arena_reset(arena *a)
         b = next;
     }
     *a = (arena){0};
+}
+
+arena_mark arena_mark_now(const arena *a) { return (arena_mark){a->head, a->used, a->total}; }
+
+void arena_rewind(arena *a, arena_mark m)
+{
+    /* Blocks newer than the mark sit in front of it. */
+    while (a->head && a->head != m.head) {
+        arena_block *next = a->head->next;
+        block_free(a->head);
+        a->head = next;
+    }
+    a->used = m.used;
+    a->total = m.total;
 }
 
 char *arena_strndup(arena *a, const char *s, size_t len)

@@ -21,6 +21,16 @@ void arena_init(arena *a);
 void *arena_alloc(arena *a, size_t size);
 /* Gives every block back; the arena can be used again. */
 void arena_reset(arena *a);
+
+/* A point to return to: everything allocated after arena_mark is given
+ * back by arena_rewind, for scratch memory inside a long-lived request. */
+typedef struct arena_mark {
+    arena_block *head;
+    size_t used, total;
+} arena_mark;
+
+arena_mark arena_mark_now(const arena *a);
+void arena_rewind(arena *a, arena_mark m);
 char *arena_strndup(arena *a, const char *s, size_t len);
 
 /* Fixed-size buffers: pool_get returns one of `size` bytes (NULL on OOM);

@@ -57,13 +57,44 @@ static int tokenise(const char *s, size_t len, jsmntok_t *stack, arena *a, jsmnt
     return jsmn_parse(&p, s, len, *toks, (unsigned)n);
 }
 
-/* One top-level object spanning the whole text: nothing but white space
- * after it, so no second value can follow. */
+enum { MAX_DEPTH = 128 };
+
+/* jsmn, even strict, takes {"a"} for an object whose key has no value.
+ * Checks that every key is a string holding exactly one value, and bounds
+ * the nesting so the walk's recursion is bounded. Returns the index after
+ * the value at i, or -1. */
+static int check_value(const jsmntok_t *t, int n, int i, int depth)
+{
+    if (i >= n || depth > MAX_DEPTH)
+        return -1;
+    int j = i + 1;
+    if (t[i].type == JSMN_OBJECT) {
+        for (int k = 0; k < t[i].size; k++) {
+            if (j >= n || t[j].type != JSMN_STRING || t[j].size != 1)
+                return -1;
+            if ((j = check_value(t, n, j + 1, depth + 1)) < 0)
+                return -1;
+        }
+    } else if (t[i].type == JSMN_ARRAY) {
+        for (int k = 0; k < t[i].size; k++)
+            if ((j = check_value(t, n, j, depth + 1)) < 0)
+                return -1;
+    } else if (t[i].size != 0) {
+        return -1; /* a string or primitive with children: a key out of place */
+    }
+    return j;
+}
+
+/* One well-formed top-level object spanning the whole text. */
 static bool is_whole_object(const char *s, size_t len, const jsmntok_t *t, int n)
 {
     return n >= 1 && t[0].type == JSMN_OBJECT && only_space(s, 0, (size_t)t[0].start) &&
-           only_space(s, (size_t)t[0].end, len);
+           only_space(s, (size_t)t[0].end, len) && check_value(t, n, 0, 0) == n;
 }
+
+/* A value's bytes in the text: jsmn leaves a string's quotes outside it. */
+static size_t value_start(const jsmntok_t *t) { return (size_t)t->start - (t->type == JSMN_STRING ? 1 : 0); }
+static size_t value_end(const jsmntok_t *t) { return (size_t)t->end + (t->type == JSMN_STRING ? 1 : 0); }
 
 int json_inspect_request(const char *body, size_t len, arena *a, json_request_info *out, const char **why)
 {
@@ -103,8 +134,8 @@ int json_inspect_request(const char *body, size_t len, arena *a, json_request_in
     }
     const jsmntok_t *o = &t[options];
     if (o->type != JSMN_OBJECT) {
-        e->at = (size_t)o->start;
-        e->remove = (size_t)(o->end - o->start);
+        e->at = value_start(o);
+        e->remove = value_end(o) - e->at;
         e->insert = SLICE_LIT("{\"include_usage\":true}");
         return 0;
     }
@@ -116,8 +147,8 @@ int json_inspect_request(const char *body, size_t len, arena *a, json_request_in
                 out->client_wants_usage = true;
                 e->active = false;
             } else {
-                e->at = (size_t)val->start;
-                e->remove = (size_t)(val->end - val->start);
+                e->at = value_start(val);
+                e->remove = value_end(val) - e->at;
                 e->insert = SLICE_LIT("true");
             }
             return 0;

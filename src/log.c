@@ -1,6 +1,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -8,7 +9,44 @@
 
 static log_format format = LOG_JSON;
 
+enum { BATCH_SIZE = 64 * 1024, LINE_MAX_BYTES = 4096 };
+static char batch[BATCH_SIZE];
+static size_t batch_len;
+static loop *batch_loop;
+static loop_deferred batch_flush;
+
 void log_set_format(log_format f) { format = f; }
+
+static void write_all(const char *p, size_t left)
+{
+    while (left) {
+        ssize_t n = write(STDERR_FILENO, p, left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return; /* a stuck stderr must not stop the gateway */
+        p += n;
+        left -= (size_t)n;
+    }
+}
+
+void log_flush(void)
+{
+    write_all(batch, batch_len);
+    batch_len = 0;
+}
+
+static void flush_deferred(void *ctx)
+{
+    (void)ctx;
+    log_flush();
+}
+
+void log_attach(loop *l)
+{
+    log_flush();
+    batch_loop = l;
+}
 
 static void put_timestamp(wbuf *b)
 {
@@ -24,25 +62,24 @@ static void put_timestamp(wbuf *b)
     wbuf_put(b, frac, sizeof frac);
 }
 
-/* One write per line so lines from concurrent processes do not interleave. */
-static void emit(wbuf *b)
+/* Whole lines only, so lines from concurrent processes do not interleave. */
+static void emit(wbuf *b, bool batched)
 {
     if (b->overflow) {
         b->overflow = false;
         b->len = b->cap - 1;
     }
     b->ptr[b->len++] = '\n';
-    const char *p = b->ptr;
-    size_t left = b->len;
-    while (left) {
-        ssize_t n = write(STDERR_FILENO, p, left);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return; /* a stuck stderr must not stop the gateway */
-        p += n;
-        left -= (size_t)n;
+    if (!batched || !batch_loop) {
+        log_flush(); /* keep the order of lines */
+        write_all(b->ptr, b->len);
+        return;
     }
+    if (b->len > BATCH_SIZE - batch_len)
+        log_flush();
+    memcpy(batch + batch_len, b->ptr, b->len);
+    batch_len += b->len;
+    loop_defer(batch_loop, &batch_flush, flush_deferred, NULL);
 }
 
 static void field_str(wbuf *b, bool *first, const char *key, slice value)
@@ -81,16 +118,16 @@ static void begin(wbuf *b, bool *first, const char *level)
     field_str(b, first, "level", slice_of(level));
 }
 
-static void finish(wbuf *b)
+static void finish(wbuf *b, bool batched)
 {
     if (format == LOG_JSON)
         wbuf_put_char(b, '}');
-    emit(b);
+    emit(b, batched);
 }
 
 void log_access(const access_record *r)
 {
-    char mem[4096];
+    char mem[LINE_MAX_BYTES];
     wbuf b = wbuf_over(mem, sizeof mem - 1);
     bool first = true;
     begin(&b, &first, r->status >= 500 ? "error" : r->status >= 400 ? "warn" : "info");
@@ -113,7 +150,7 @@ void log_access(const access_record *r)
         field_str(&b, &first, "error", slice_of(r->error));
     else if (format == LOG_JSON)
         wbuf_puts(&b, ",\"error\":null");
-    finish(&b);
+    finish(&b, true);
 }
 
 void log_message(const char *level, const char *msg, const log_field *fields, size_t count)
@@ -125,5 +162,5 @@ void log_message(const char *level, const char *msg, const log_field *fields, si
     field_str(&b, &first, "msg", slice_of(msg));
     for (size_t i = 0; i < count; i++)
         field_str(&b, &first, fields[i].key, slice_of(fields[i].value));
-    finish(&b);
+    finish(&b, false);
 }

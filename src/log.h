@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "loop.h"
 #include "slice.h"
 
 typedef struct access_record {
@@ -22,6 +23,10 @@ typedef struct log_field {
 } log_field;
 
 void log_set_format(log_format f);
+/* With a loop, access lines are batched and written once at the end of each
+ * tick; without one (or after log_attach(NULL)), each is written at once. */
+void log_attach(loop *l);
+void log_flush(void);
 void log_access(const access_record *r);
 void log_message(const char *level, const char *msg, const log_field *fields, size_t count);
 

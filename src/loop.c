@@ -162,7 +162,10 @@ void loop_timer_arm(loop *l, loop_timer *t, uint64_t after_ms, timer_handler fn,
 
 static void run_due_timers(loop *l)
 {
-    while (l->heap_len > 0 && l->heap[0]->due_ms <= l->now_ms) {
+    /* At most the timers present at the start: one re-armed for 0 ms from
+     * its own callback runs on the next tick instead of spinning this one. */
+    size_t budget = l->heap_len;
+    while (budget-- > 0 && l->heap_len > 0 && l->heap[0]->due_ms <= l->now_ms) {
         loop_timer *t = l->heap[0];
         loop_timer_stop(l, t);
         t->fn(t->ctx);

@@ -115,7 +115,9 @@ int main(int argc, char **argv)
         log_message("info", "ssegate listening", f, 2);
     }
     server_set_ready(a.server, true);
+    log_attach(a.loop);
     rc = loop_run(a.loop);
+    log_attach(NULL); /* from here on, lines go out as they are written */
     log_message("info", "stopped", NULL, 0);
 
     server_free(a.server);

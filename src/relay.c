@@ -45,6 +45,8 @@ struct relay {
     http_chunked chunked;
     uint64_t body_left;       /* Content-Length still to come */
     bool body_complete, upstream_reusable, head_sent, saw_done, client_wants_usage;
+    bool terminated; /* the client's chunked body has its last chunk */
+    bool client_chunked; /* HTTP/1.1 client: chunked bodies; else close-delimited */
     sse_parser sse;
     slice client_head;        /* response head waiting to go out with the first bytes */
 
@@ -117,15 +119,15 @@ static void fail_stream(relay *r, const char *message, const char *code)
     json_write_error(&b, message, "upstream_error", code);
     wbuf_puts(&b, "\n\n");
     sse_frame f;
-    sse_frame_begin(&f, r->head_sent ? (slice){NULL, 0} : r->client_head);
+    sse_frame_begin(&f, r->head_sent ? (slice){NULL, 0} : r->client_head, r->client_chunked);
     r->head_sent = true;
     sse_frame_add(&f, wbuf_slice(&b));
     sse_frame_end(&f);
-    f.iov[f.count++] = (struct iovec){(void *)"0\r\n\r\n", 5};
+    sse_frame_last(&f);
     stop_timers(r);
     release_upstream(r, false);
     bool ok = send_iov(r, f.iov, f.count) == 0;
-    finish(r, ok);
+    finish(r, ok && r->client_chunked); /* close-delimited: the close ends it */
 }
 
 /* Upstream failed: answer as the phase allows. */
@@ -161,6 +163,15 @@ static void finish(relay *r, bool client_reusable)
 static void on_phase_timeout(void *ctx)
 {
     relay *r = ctx;
+    if ((r->state == RELAY_STREAM || r->state == RELAY_BODY) &&
+        r->sink->pending(r->client) >= RELAY_CLIENT_HIGH_WATER) {
+        /* Not the upstream's silence: the client stopped reading. */
+        record_error(r, "client stopped reading its answer");
+        stop_timers(r);
+        release_upstream(r, false);
+        finish(r, false);
+        return;
+    }
     if (r->state == RELAY_SENDING)
         retry_or_fail(r, 504, "upstream connect timed out (TLS handshake or sending the request)",
                       "upstream_connect_timeout");
@@ -179,7 +190,9 @@ static void on_heartbeat(void *ctx)
 {
     relay *r = ctx;
     static const char beat[] = "e\r\n: keep-alive\n\n\r\n";
-    struct iovec iov = {(void *)beat, sizeof beat - 1};
+    /* without chunked framing, the comment alone */
+    struct iovec iov = r->client_chunked ? (struct iovec){(void *)beat, sizeof beat - 1}
+                                  : (struct iovec){(void *)(beat + 3), sizeof beat - 6};
     if (send_iov(r, &iov, 1) != 0)
         return;
     loop_timer_arm(r->env->loop, &r->heartbeat, HEARTBEAT_MS, on_heartbeat, r);
@@ -304,16 +317,21 @@ static int build_client_head(relay *r, bool stream)
     wbuf_puts(&b, "X-Request-Id: ");
     wbuf_put_slice(&b, r->req->req_id);
     bool is_head = r->req->http->method == HTTP_HEAD;
+    bool close_delimited = false;
     if (!stream && r->res.body_kind == HTTP_BODY_LENGTH) {
         wbuf_puts(&b, "\r\nContent-Length: ");
         wbuf_put_u64(&b, r->res.content_length);
-    } else if (!is_head && r->res.body_kind != HTTP_BODY_NONE) {
+    } else if (is_head || r->res.body_kind == HTTP_BODY_NONE) {
+        wbuf_puts(&b, "\r\nContent-Length: 0");
+    } else if (r->client_chunked) {
         wbuf_puts(&b, "\r\nTransfer-Encoding: chunked");
     } else {
-        wbuf_puts(&b, "\r\nContent-Length: 0");
+        close_delimited = true; /* HTTP/1.0 has no chunks: the end is the close */
     }
-    if (!r->req->http->keep_alive)
+    if (!r->req->http->keep_alive || close_delimited)
         wbuf_puts(&b, "\r\nConnection: close");
+    else if (r->req->http->minor_version == 0)
+        wbuf_puts(&b, "\r\nConnection: keep-alive");
     wbuf_puts(&b, "\r\n\r\n");
     if (b.overflow)
         return -1;
@@ -351,8 +369,20 @@ static bool decode(relay *r)
     return true;
 }
 
-/* Inspects one event; false when it should not reach the client. */
+static bool inspect_event_in(relay *r, const sse_event *ev);
+
+/* Inspects one event; false when it should not reach the client. Scratch
+ * memory for it goes back to the arena at once, so a long stream does not
+ * grow its request's memory. */
 static bool inspect_event(relay *r, const sse_event *ev)
+{
+    arena_mark mark = arena_mark_now(r->arena);
+    bool keep = inspect_event_in(r, ev);
+    arena_rewind(r->arena, mark);
+    return keep;
+}
+
+static bool inspect_event_in(relay *r, const sse_event *ev)
 {
     access_record *rec = r->req->record;
     if (!ev->has_fields || ev->data_lines == 0)
@@ -381,20 +411,25 @@ static bool inspect_event(relay *r, const sse_event *ev)
     return !(info.usage_only && !r->client_wants_usage);
 }
 
-static int flush_frame(relay *r, sse_frame *f)
+static int flush_frame(relay *r, sse_frame *f, bool last)
 {
     sse_frame_end(f);
+    if (last) {
+        sse_frame_last(f);
+        r->terminated = true;
+    }
     if (f->count == 1 && f->iov[0].iov_len == 0)
         return 0;
     r->head_sent = true;
     return send_iov(r, f->iov, f->count);
 }
 
-/* Relays every complete event in the pending region, in one chunk. */
-static int relay_events(relay *r, bool at_eof)
+/* Relays every complete event in the pending region, in one chunk; with
+ * `last` the body's end goes in the same write. */
+static int relay_events(relay *r, bool at_eof, bool last)
 {
     sse_frame f;
-    sse_frame_begin(&f, r->head_sent ? (slice){NULL, 0} : r->client_head);
+    sse_frame_begin(&f, r->head_sent ? (slice){NULL, 0} : r->client_head, r->client_chunked);
     bool head_pending = !r->head_sent;
     sse_event ev;
     while (r->dec_start < r->dec_end || at_eof) {
@@ -402,32 +437,32 @@ static int relay_events(relay *r, bool at_eof)
             break;
         if (inspect_event(r, &ev)) {
             if (!sse_frame_add(&f, ev.raw)) {
-                if (flush_frame(r, &f) != 0)
+                if (flush_frame(r, &f, false) != 0)
                     return -1;
-                sse_frame_begin(&f, (slice){NULL, 0});
+                sse_frame_begin(&f, (slice){NULL, 0}, r->client_chunked);
                 sse_frame_add(&f, ev.raw);
             }
             if (ev.unterminated)
                 sse_frame_add(&f, SLICE_LIT("\n\n"));
         }
-        r->dec_start += ev.raw.len;
+        r->dec_start += ev.consumed;
         if (ev.unterminated)
             break;
     }
     /* The head goes out now even without an event: the client should see
      * its 200 as soon as the upstream sent one. */
-    if (head_pending && f.payload == 0) {
+    if (head_pending && f.payload == 0 && !last) {
         r->head_sent = true;
         return send_iov(r, f.iov, 1);
     }
-    return flush_frame(r, &f);
+    return flush_frame(r, &f, last);
 }
 
-static int relay_passthrough(relay *r)
+static int relay_passthrough(relay *r, bool last)
 {
     slice piece = {r->buf + r->dec_start, r->dec_end - r->dec_start};
-    bool framed = r->res.body_kind != HTTP_BODY_LENGTH && r->req->http->method != HTTP_HEAD;
-    struct iovec iov[4];
+    bool framed = r->client_chunked && r->res.body_kind != HTTP_BODY_LENGTH && r->req->http->method != HTTP_HEAD;
+    struct iovec iov[5];
     size_t n = 0;
     char size_line[18];
     if (!r->head_sent)
@@ -439,6 +474,10 @@ static int relay_passthrough(relay *r)
         iov[n++] = (struct iovec){(void *)piece.ptr, piece.len};
         if (framed)
             iov[n++] = (struct iovec){(void *)"\r\n", 2};
+    }
+    if (last && framed && r->res.body_kind != HTTP_BODY_NONE) {
+        iov[n++] = (struct iovec){(void *)"0\r\n\r\n", 5};
+        r->terminated = true;
     }
     r->dec_start = r->dec_end;
     r->req->record->chunks += piece.len ? 1 : 0;
@@ -465,16 +504,17 @@ static void compact(relay *r)
 static void end_of_answer(relay *r)
 {
     bool stream = r->state == RELAY_STREAM;
-    bool framed_body = r->res.body_kind != HTTP_BODY_LENGTH && r->res.body_kind != HTTP_BODY_NONE &&
-                       r->req->http->method != HTTP_HEAD;
+    bool unsized = r->res.body_kind != HTTP_BODY_LENGTH && r->res.body_kind != HTTP_BODY_NONE &&
+                   r->req->http->method != HTTP_HEAD;
     r->upstream_reusable = r->res.keep_alive && r->body_complete && r->raw_start == r->len;
-    if (stream || framed_body) {
+    if ((stream || unsized) && r->client_chunked && !r->terminated) {
         struct iovec end = {(void *)"0\r\n\r\n", 5};
         if (send_iov(r, &end, 1) != 0)
             return;
     }
     r->req->record->status = r->res.status;
-    finish(r, r->req->http->keep_alive);
+    /* Without chunks, a body of unknown length ends by closing. */
+    finish(r, r->req->http->keep_alive && (r->client_chunked || !(stream || unsized)));
 }
 
 /* Handles the body bytes in buf; returns false once the relay has ended. */
@@ -484,7 +524,8 @@ static bool process_body(relay *r, bool at_eof)
         fail(r, 502, "upstream sent a malformed chunked body", "upstream_protocol_error");
         return false;
     }
-    int rc = r->state == RELAY_STREAM ? relay_events(r, at_eof || r->body_complete) : relay_passthrough(r);
+    bool last = r->body_complete;
+    int rc = r->state == RELAY_STREAM ? relay_events(r, at_eof || last, last) : relay_passthrough(r, last);
     if (rc != 0)
         return false; /* the client is gone; the server aborts us */
     if (r->body_complete) {
@@ -777,6 +818,7 @@ relay *relay_start(const relay_env *env, arena *a, const relay_request *req, con
     r->sink = sink;
     r->client = client;
     r->started_ms = loop_now_ms(env->loop);
+    r->client_chunked = req->http->minor_version >= 1;
     access_record *rec = req->record;
     rec->upstream = slice_of(env->target->name);
     rec->ttfb_ms = -1;

@@ -28,13 +28,16 @@ enum {
     OUT_BUFFER = 2 * RELAY_CLIENT_HIGH_WATER + RELAY_READ_BUFFER,
     ACCEPTS_PER_TICK = 64,
     REQ_ID_MAX = 128,
+    LINGER_MS = 1000,
+    REFUSAL_SLOTS = 64, /* connections past --max-conns that still get a polite 503 */
 };
 
 typedef enum client_state {
     CLIENT_READING_HEAD,
     CLIENT_READING_BODY,
     CLIENT_RELAYING,
-    CLIENT_CLOSING /* answer written or being written; no more requests */
+    CLIENT_CLOSING,  /* answer written or being written; no more requests */
+    CLIENT_LINGERING /* answer sent, our side shut: draining the client until it closes */
 } client_state;
 
 typedef struct client client;
@@ -90,6 +93,8 @@ static void client_close(client *c);
 static void process_input(client *c);
 static void update_interest(client *c);
 static void after_request(void *ctx);
+static void close_gracefully(client *c);
+static void arm_timer(client *c, uint64_t ms);
 
 /* ---- output ---- */
 
@@ -316,10 +321,12 @@ static void after_request(void *ctx)
     if (!c->reusable || c->srv->draining) {
         c->state = CLIENT_CLOSING;
         c->closing_after_write = true;
-        if (pending_out(c) == 0)
-            client_close(c);
-        else
+        if (pending_out(c) == 0) {
+            close_gracefully(c);
+        } else {
+            arm_timer(c, c->srv->cfg->keepalive_timeout_ms); /* bounded wait for a slow reader */
             update_interest(c);
+        }
         return;
     }
     reset_request(c, c->in_used);
@@ -559,8 +566,21 @@ static void update_interest(client *c)
     if (c->fd < 0)
         return;
     uint32_t ev = EPOLLRDHUP;
-    if (c->state == CLIENT_READING_HEAD || c->state == CLIENT_READING_BODY)
+    /* EPOLLIN stays on while an answer is relayed (the next pipelined
+     * request is stashed, a FIN noticed), so a request costs no epoll_ctl. */
+    switch (c->state) {
+    case CLIENT_READING_HEAD:
+    case CLIENT_READING_BODY:
+    case CLIENT_LINGERING:
         ev |= EPOLLIN;
+        break;
+    case CLIENT_RELAYING:
+        if (c->in_len < IN_BUFFER)
+            ev |= EPOLLIN;
+        break;
+    case CLIENT_CLOSING:
+        break;
+    }
     if (pending_out(c))
         ev |= EPOLLOUT;
     loop_io_set(c->srv->loop, &c->io, ev);
@@ -636,9 +656,41 @@ static void on_client_timer(void *ctx)
         return;
     case CLIENT_RELAYING:
     case CLIENT_CLOSING:
-        client_close(c); /* a client that will not read its answer */
+    case CLIENT_LINGERING:
+        client_close(c); /* a client that will not read its answer, or will not close */
         return;
     }
+}
+
+/* Closing at once while request bytes sit unread makes the kernel send an
+ * RST, which can destroy the answer before the client reads it: shut our
+ * side instead and drain the client until it closes, for LINGER_MS at most. */
+static void close_gracefully(client *c)
+{
+    if (c->in_request)
+        log_request(c);
+    if (shutdown(c->fd, SHUT_WR) != 0) {
+        client_close(c);
+        return;
+    }
+    c->state = CLIENT_LINGERING;
+    arm_timer(c, LINGER_MS);
+    update_interest(c);
+}
+
+static void drain_lingering(client *c)
+{
+    char sink_buf[4096];
+    for (int i = 0; i < 16; i++) { /* bounded per event; level-triggered brings us back */
+        ssize_t n = read(c->fd, sink_buf, sizeof sink_buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n <= 0)
+            break;
+    }
+    client_close(c);
 }
 
 static void read_input(client *c)
@@ -681,11 +733,34 @@ static void read_input(client *c)
         process_input(c);
 }
 
+/* Bytes that arrive while an answer is relayed: the next pipelined request,
+ * kept for later; or the end of the client. */
+static void stash_input(client *c)
+{
+    ssize_t n;
+    do
+        n = read(c->fd, c->in + c->in_len, IN_BUFFER - c->in_len);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == EAGAIN)
+        return;
+    if (n <= 0) {
+        client_close(c);
+        return;
+    }
+    c->in_len += (size_t)n;
+    if (c->in_len == IN_BUFFER)
+        update_interest(c);
+}
+
 static void on_client_io(void *ctx, uint32_t events)
 {
     client *c = ctx;
     if (events & (EPOLLERR | EPOLLHUP)) {
         client_close(c);
+        return;
+    }
+    if (c->state == CLIENT_LINGERING) {
+        drain_lingering(c);
         return;
     }
     /* The client half-closed or left: nothing it asked for is wanted any more. */
@@ -700,15 +775,19 @@ static void on_client_io(void *ctx, uint32_t events)
             return;
         }
         if (pending_out(c) == 0 && c->closing_after_write) {
-            client_close(c);
+            close_gracefully(c);
             return;
         }
         if (c->relay && !c->request_done && pending_out(c) < RELAY_CLIENT_HIGH_WATER)
             relay_resume(c->relay);
         update_interest(c);
     }
-    if ((events & (EPOLLIN | EPOLLRDHUP)) && (c->state == CLIENT_READING_HEAD || c->state == CLIENT_READING_BODY))
+    if (!(events & (EPOLLIN | EPOLLRDHUP)))
+        return;
+    if (c->state == CLIENT_READING_HEAD || c->state == CLIENT_READING_BODY)
         read_input(c);
+    else if (c->state == CLIENT_RELAYING)
+        stash_input(c);
 }
 
 /* ---- accepting ---- */
@@ -734,10 +813,11 @@ static void on_accept(void *ctx, uint32_t events)
         int fd = accept4(s->listen_fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return; /* EAGAIN, or EMFILE and friends: retried on the next event */
-        if (s->conn_count >= s->cfg->max_conns || s->draining) {
-            refuse(fd);
+        if (s->conn_count >= s->cfg->max_conns + REFUSAL_SLOTS || s->draining) {
+            refuse(fd); /* past every slot: a best-effort 503 */
             continue;
         }
+        bool over_capacity = s->conn_count >= s->cfg->max_conns;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         client *c = calloc(1, sizeof *c);
@@ -765,6 +845,13 @@ static void on_accept(void *ctx, uint32_t events)
         s->clients = c;
         s->conn_count++;
         arm_timer(c, s->cfg->header_timeout_ms);
+        if (over_capacity) {
+            send_error(c, 503, "too many connections; try again shortly", "server_error", "over_capacity", true);
+            c->state = CLIENT_CLOSING;
+            c->closing_after_write = true;
+            if (pending_out(c) == 0)
+                close_gracefully(c);
+        }
     }
 }
 

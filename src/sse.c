@@ -61,10 +61,12 @@ static void take_line(sse_parser *p, const char *event, slice line)
     }
 }
 
-static void emit(sse_parser *p, const char *event, size_t len, bool unterminated, sse_event *ev)
+static void emit(sse_parser *p, const char *buf, size_t len, bool unterminated, sse_event *ev)
 {
-    ev->raw = (slice){event, len};
-    ev->data = (slice){event + p->data_off, p->data_len};
+    const char *event = buf + p->skip;
+    ev->consumed = len;
+    ev->raw = (slice){event, len - p->skip};
+    ev->data = (slice){buf + p->data_off, p->data_len};
     ev->data_lines = p->data_lines;
     ev->has_fields = p->has_fields;
     ev->unterminated = unterminated;
@@ -81,7 +83,7 @@ bool sse_next_event(sse_parser *p, const char *buf, size_t len, bool at_eof, sse
             return false;
         if (len > 0) {
             p->seen_bytes = true;
-            p->line_start = bom_length(buf, len);
+            p->line_start = p->skip = bom_length(buf, len);
         }
     }
     /* One pass, line end to line end. The first CR is looked up once: most
@@ -149,19 +151,20 @@ bool sse_is_done(const sse_event *ev)
     return ev->data_lines == 1 && slice_eq(ev->data, SLICE_LIT("[DONE]"));
 }
 
-void sse_frame_begin(sse_frame *f, slice prefix)
+void sse_frame_begin(sse_frame *f, slice prefix, bool chunked)
 {
     f->iov[0] = (struct iovec){(void *)prefix.ptr, prefix.len};
     f->iov[1] = (struct iovec){f->size_line, 0};
     f->count = 2;
     f->payload = 0;
+    f->chunked = chunked;
 }
 
 bool sse_frame_add(sse_frame *f, slice piece)
 {
     if (piece.len == 0)
         return true;
-    if (f->count + 1 >= SSE_FRAME_MAX_IOV) /* keep a slot for the CRLF */
+    if (f->count + 2 >= SSE_FRAME_MAX_IOV) /* keep slots for the CRLF and the last chunk */
         return false;
     f->iov[f->count++] = (struct iovec){(void *)piece.ptr, piece.len};
     f->payload += piece.len;
@@ -174,8 +177,16 @@ void sse_frame_end(sse_frame *f)
         f->count = 1; /* the prefix alone, if any */
         return;
     }
+    if (!f->chunked)
+        return;
     f->iov[1].iov_len = http_chunk_header(f->size_line, f->payload);
     f->iov[f->count++] = (struct iovec){(void *)"\r\n", 2};
+}
+
+void sse_frame_last(sse_frame *f)
+{
+    if (f->chunked)
+        f->iov[f->count++] = (struct iovec){(void *)"0\r\n\r\n", 5};
 }
 
 size_t sse_frame_bytes(const sse_frame *f)

@@ -180,6 +180,10 @@ static void update_events(upstream_conn *c)
     uint32_t want = EPOLLRDHUP;
     if (c->state == CONN_CONNECTING) {
         want |= EPOLLOUT;
+    } else if (c->tls && !tls_handshake_done(c->tls)) {
+        /* Mid-handshake the engine alone knows what it waits for; a
+         * writable socket would wake the owner for nothing, again and again. */
+        want |= tls_events(c->tls);
     } else {
         if (c->want_read)
             want |= EPOLLIN;
@@ -311,9 +315,11 @@ upstream_conn *upstream_open(upstream_target *t, loop *l, uint64_t connect_timeo
         c->ctx = ctx;
         c->io.fn = on_conn_io;
         c->io.ctx = c;
-        c->want_read = c->want_write = false;
+        /* Interest stays EPOLLIN|EPOLLRDHUP as in the pool: that is what the
+         * owner wants once its request is written, so no epoll_ctl here. */
+        c->want_read = true;
+        c->want_write = false;
         t->reuses++;
-        update_events(c);
         /* Keep the promise of never calling back before returning. */
         loop_defer(l, &c->deferred, deliver_pooled, c);
         return c;
