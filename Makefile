@@ -67,7 +67,7 @@ test: $(TEST_BINS)
 	  "integration::$(PYTHON) tests/integration/run.py --gateway ./ssegate --mock tools/mock-upstream" \
 	  "sdk::tests/sdk/run.sh ./ssegate tools/mock-upstream" \
 	  "unit-asan::./build/unit-tests-asan" \
-	  "integration-asan::$(PYTHON) tests/integration/run.py --sanitized --gateway build/ssegate-asan --mock build/mock-upstream-asan"
+	  "integration-asan::$(PYTHON) tests/integration/run.py --gateway build/ssegate-asan --mock build/mock-upstream-asan"
 
 clean:
 	rm -rf build ssegate tools/mock-upstream

@@ -2,6 +2,8 @@
 
 #include <string.h>
 
+#include "wbuf.h"
+
 /* tchar of RFC 9110 §5.6.2 */
 static bool is_tchar(unsigned char c)
 {
@@ -435,17 +437,10 @@ static int hex_value(char c)
 
 size_t http_chunk_header(char out[18], size_t len)
 {
-    static const char hex[] = "0123456789abcdef";
-    char digits[16];
-    size_t n = 0;
-    do {
-        digits[sizeof digits - 1 - n++] = hex[len & 15];
-        len >>= 4;
-    } while (len);
-    memcpy(out, digits + sizeof digits - n, n);
-    out[n] = '\r';
-    out[n + 1] = '\n';
-    return n + 2;
+    wbuf b = wbuf_over(out, 18);
+    wbuf_put_hex(&b, len);
+    wbuf_put(&b, "\r\n", 2);
+    return b.len;
 }
 
 http_chunked_result http_chunked_decode(http_chunked *d, char *dst, const char *src, size_t src_len,

@@ -693,6 +693,23 @@ static void drain_lingering(client *c)
     client_close(c);
 }
 
+/* One read: > 0 bytes; 0 when there is nothing now (EAGAIN) or the client
+ * ended or failed, in which case the connection is already closed. */
+static ssize_t read_some(client *c, char *dst, size_t room)
+{
+    ssize_t n;
+    do
+        n = read(c->fd, dst, room);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == EAGAIN)
+        return 0;
+    if (n <= 0) {
+        client_close(c);
+        return 0;
+    }
+    return n;
+}
+
 static void read_input(client *c)
 {
     char *dst;
@@ -710,16 +727,9 @@ static void read_input(client *c)
         process_input(c);
         return;
     }
-    ssize_t n;
-    do
-        n = read(c->fd, dst, room);
-    while (n < 0 && errno == EINTR);
-    if (n < 0 && errno == EAGAIN)
+    ssize_t n = read_some(c, dst, room);
+    if (n <= 0)
         return;
-    if (n <= 0) {
-        client_close(c);
-        return;
-    }
     if (direct)
         c->body_len += (size_t)n;
     else
@@ -737,16 +747,11 @@ static void read_input(client *c)
  * kept for later; or the end of the client. */
 static void stash_input(client *c)
 {
-    ssize_t n;
-    do
-        n = read(c->fd, c->in + c->in_len, IN_BUFFER - c->in_len);
-    while (n < 0 && errno == EINTR);
-    if (n < 0 && errno == EAGAIN)
+    if (c->in_len == IN_BUFFER)
+        return; /* a zero-byte read would look like the client's end */
+    ssize_t n = read_some(c, c->in + c->in_len, IN_BUFFER - c->in_len);
+    if (n <= 0)
         return;
-    if (n <= 0) {
-        client_close(c);
-        return;
-    }
     c->in_len += (size_t)n;
     if (c->in_len == IN_BUFFER)
         update_interest(c);

@@ -362,6 +362,19 @@ static void note_error(upstream_conn *c, int err)
         snprintf(c->error, sizeof c->error, "%s", strerror(err));
 }
 
+/* After a read or write: remember why it failed, and let TLS state its
+ * needs. errno survives for the caller. */
+static ssize_t after_io(upstream_conn *c, ssize_t n)
+{
+    int err = errno;
+    if (n < 0 && err != EAGAIN)
+        note_error(c, err);
+    if (c->tls)
+        update_events(c);
+    errno = err;
+    return n;
+}
+
 ssize_t upstream_read(upstream_conn *c, void *buf, size_t cap)
 {
     ssize_t n;
@@ -372,11 +385,7 @@ ssize_t upstream_read(upstream_conn *c, void *buf, size_t cap)
             n = read(c->fd, buf, cap);
         while (n < 0 && errno == EINTR);
     }
-    if (n < 0 && errno != EAGAIN)
-        note_error(c, errno);
-    if (c->tls)
-        update_events(c);
-    return n;
+    return after_io(c, n);
 }
 
 ssize_t upstream_writev(upstream_conn *c, const struct iovec *iov, size_t count)
@@ -395,11 +404,7 @@ ssize_t upstream_writev(upstream_conn *c, const struct iovec *iov, size_t count)
             n = writev(c->fd, iov, (int)(count > IOV_MAX ? IOV_MAX : count));
         while (n < 0 && errno == EINTR);
     }
-    if (n < 0 && errno != EAGAIN)
-        note_error(c, errno);
-    if (c->tls)
-        update_events(c);
-    return n;
+    return after_io(c, n);
 }
 
 const char *upstream_error(const upstream_conn *c) { return c->error; }
