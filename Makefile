@@ -80,14 +80,15 @@ bench: ssegate tools/mock-upstream
 # ---- fuzzing (libFuzzer + ASan/UBSan, clang) -------------------------------
 # `make fuzz` builds every target into build/fuzz/ and runs each for
 # FUZZ_SECONDS, growing build/fuzz/corpus-<name> from tests/fuzz/seeds/<name>.
-# A crash leaves build/fuzz/crash-<name>-* and fails the run.
+# Every target runs; a crash leaves build/fuzz/crash-<name>-* and the run
+# fails at the end. Logs: build/fuzz/fuzz_<name>.log.
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := http_request http_response chunked sse url json
 FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_SRC_http_request  := src/http.c
-FUZZ_SRC_http_response := src/http.c
-FUZZ_SRC_chunked       := src/http.c
-FUZZ_SRC_sse           := src/sse.c src/http.c
+FUZZ_SRC_http_request  := src/http.c src/wbuf.c
+FUZZ_SRC_http_response := src/http.c src/wbuf.c
+FUZZ_SRC_chunked       := src/http.c src/wbuf.c
+FUZZ_SRC_sse           := src/sse.c src/http.c src/wbuf.c
 FUZZ_SRC_url           := src/url.c
 FUZZ_SRC_json          := src/json.c src/arena.c src/wbuf.c
 
@@ -100,15 +101,18 @@ $(foreach t,$(FUZZ_TARGETS),$(eval $(call FUZZ_RULE,$(t))))
 fuzz-build: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
 fuzz: fuzz-build
-	@set -e; for t in $(FUZZ_TARGETS); do \
+	@failed=""; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build/fuzz/corpus-$$t; \
-	  echo "== fuzz_$$t: $(FUZZ_SECONDS)s"; \
-	  dict=""; case $$t in \
-	    http_request|http_response|chunked) dict=tests/fuzz/http.dict;; \
-	    *) dict=tests/fuzz/$$t.dict;; esac; \
-	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 -print_final_stats=1 \
-	    -dict=$$dict -artifact_prefix=build/fuzz/crash-$$t- build/fuzz/corpus-$$t tests/fuzz/seeds/$$t \
-	    2>build/fuzz/fuzz_$$t.log || { tail -40 build/fuzz/fuzz_$$t.log; exit 1; }; \
-	  grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' build/fuzz/fuzz_$$t.log | tr '\n' ' '; echo; \
-	done
+	  case $$t in http_request|http_response|chunked) dict=tests/fuzz/http.dict;; *) dict=tests/fuzz/$$t.dict;; esac; \
+	  printf '== fuzz_%s, %ss: ' $$t $(FUZZ_SECONDS); \
+	  if build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 -print_final_stats=1 \
+	       -dict=$$dict -artifact_prefix=build/fuzz/crash-$$t- build/fuzz/corpus-$$t tests/fuzz/seeds/$$t \
+	       >build/fuzz/fuzz_$$t.log 2>&1; then \
+	    grep -E '^stat::(number_of_executed_units|new_units_added)' build/fuzz/fuzz_$$t.log | tr -s ' ' | tr '\n' ' '; echo ok; \
+	  else \
+	    echo FAILED; grep -E -A3 'invariant failed|ERROR: |SUMMARY' build/fuzz/fuzz_$$t.log | head -20; \
+	    grep -E 'Test unit written' build/fuzz/fuzz_$$t.log; failed="$$failed $$t"; \
+	  fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed (logs in build/fuzz/)"; exit 1; fi
 .PHONY: fuzz-build

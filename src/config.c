@@ -59,8 +59,11 @@ int parse_duration_ms(const char *text, uint64_t *out)
 {
     char *end;
     errno = 0;
+    /* strtoull would also take leading space, a sign, and negate "-5". */
+    if (text[0] < '0' || text[0] > '9')
+        return -1;
     unsigned long long v = strtoull(text, &end, 10);
-    if (end == text || errno || text[0] == '-')
+    if (end == text || errno)
         return -1;
     uint64_t scale;
     if (strcmp(end, "ms") == 0)
@@ -81,8 +84,10 @@ int parse_size(const char *text, uint64_t *out)
 {
     char *end;
     errno = 0;
+    if (text[0] < '0' || text[0] > '9')
+        return -1; /* as above: " -1" would otherwise wrap to 2^64 - 1 */
     unsigned long long v = strtoull(text, &end, 10);
-    if (end == text || errno || text[0] == '-')
+    if (end == text || errno)
         return -1;
     static const struct {
         const char *suffix;

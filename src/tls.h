@@ -38,7 +38,10 @@ void tls_free(tls_conn *c);
 
 /* Reads decrypted bytes. Returns > 0 bytes, 0 on a clean close_notify or
  * EOF, or -1 with errno EAGAIN (wait for tls_events) or EPROTO/ECONNRESET/...
- * on failure (then tls_error says why). Drives the handshake as needed. */
+ * on failure (then tls_error says why). Drives the handshake as needed.
+ * Only EAGAIN means the socket must be waited for: a caller that stops
+ * earlier (its buffer full) must call again when it resumes, since the
+ * engine may hold decrypted bytes that no socket event will announce. */
 ssize_t tls_read(tls_conn *c, int fd, void *buf, size_t cap);
 
 /* Queues up to len bytes for sending and pushes records to the socket as far

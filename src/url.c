@@ -1,5 +1,6 @@
 #include "url.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -37,14 +38,13 @@ int url_parse(const char *text, url *out, const char **why)
         if (!close)
             return fail(why, "upstream URL has an unterminated [IPv6] host");
         host_len = (size_t)(close - p - 1);
-        for (size_t i = 0; i < host_len; i++) {
-            char c = p[1 + i];
-            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == ':' || c == '.'))
-                return fail(why, "upstream URL has an invalid IPv6 host");
-        }
         if (host_len == 0 || host_len >= URL_HOST_MAX)
             return fail(why, "upstream URL has an invalid IPv6 host");
         memcpy(out->host, p + 1, host_len);
+        /* Brackets hold an IPv6 literal and nothing else ("[5A1]" is not one). */
+        struct in6_addr addr;
+        if (inet_pton(AF_INET6, out->host, &addr) != 1)
+            return fail(why, "upstream URL has an invalid IPv6 host");
         p = close + 1;
     } else {
         while (p[host_len] && p[host_len] != ':' && p[host_len] != '/') {

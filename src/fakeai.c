@@ -1,0 +1,1595 @@
+#include "fakeai.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "arena.h"
+#include "http.h"
+#include "json.h"
+
+enum {
+    IN_INITIAL = 16 * 1024,
+    IN_IDLE_MAX = 64 * 1024,    /* pipelined bytes held while answering; beyond that, reading pauses */
+    OUT_INITIAL = 16 * 1024,
+    OUT_HIGH_WATER = 64 * 1024, /* a stream stops generating until the socket drains below this */
+    OUT_KEEP = 256 * 1024,      /* a bigger output buffer is released after its answer */
+    HEAD_ROOM = 1024,           /* room kept in front of a fixed answer's body for its head */
+    MAX_HEAD = 64 * 1024,
+    MAX_TARGET = 16 * 1024,
+    MAX_CHUNKS = 1000000,
+    MODEL_MAX = 128,
+    ID_LEN = 29,               /* random characters after "chatcmpl-", as OpenAI's */
+    ACCEPT_RETRY_MS = 100,
+    LINGER_MS = 1000,
+    TRICKLE_MS = 1,
+};
+#define MAX_BODY ((size_t)32 << 20)
+#define OUT_MAX ((size_t)512 << 20)
+#define MAX_DELAY_MS ((uint64_t)3600 * 1000)
+
+static const char FINGERPRINT[] = "fp_f3a9c2e1d0";
+static const char MODELS_CREATED[] = "1715367049";
+
+/* ---- the pure parts ---- */
+
+slice fakeai_default_token(size_t i, char scratch[FAKEAI_TOKEN_SCRATCH])
+{
+    static const char probe[] = "q\"b\\s\n<\xc3\xa9\xf0\x9f\x98\x80> ";
+    if (i % 5 == 4)
+        return (slice){probe, sizeof probe - 1};
+    wbuf b = wbuf_over(scratch, FAKEAI_TOKEN_SCRATCH);
+    wbuf_puts(&b, "tok");
+    wbuf_put_u64(&b, i);
+    wbuf_put_char(&b, ' ');
+    return wbuf_slice(&b);
+}
+
+static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+size_t fakeai_split_words(slice text, slice *out, size_t max)
+{
+    size_t count = 0, i = 0;
+    while (i < text.len) {
+        size_t start = i;
+        while (i < text.len && is_space(text.ptr[i])) /* only before the first word */
+            i++;
+        while (i < text.len && !is_space(text.ptr[i]))
+            i++;
+        while (i < text.len && is_space(text.ptr[i]))
+            i++;
+        if (count < max)
+            out[count] = (slice){text.ptr + start, i - start};
+        count++;
+    }
+    return count;
+}
+
+void fakeai_format_chunk(wbuf *b, const fakeai_reply_meta *m, fakeai_chunk_kind kind, slice content)
+{
+    wbuf_puts(b, "{\"id\":\"");
+    wbuf_put_slice(b, m->id);
+    wbuf_puts(b, "\",\"object\":\"chat.completion.chunk\",\"created\":");
+    wbuf_put_u64(b, m->created);
+    wbuf_puts(b, ",\"model\":\"");
+    wbuf_put_slice(b, m->model);
+    wbuf_puts(b, "\",\"system_fingerprint\":\"");
+    wbuf_put_slice(b, m->fingerprint);
+    wbuf_puts(b, "\",\"choices\":");
+    if (kind == FAKEAI_CHUNK_USAGE) {
+        wbuf_puts(b, "[],\"usage\":{\"prompt_tokens\":");
+        wbuf_put_u64(b, m->prompt_tokens);
+        wbuf_puts(b, ",\"completion_tokens\":");
+        wbuf_put_u64(b, m->completion_tokens);
+        wbuf_puts(b, ",\"total_tokens\":");
+        wbuf_put_u64(b, m->prompt_tokens + m->completion_tokens);
+        wbuf_puts(b, "}}");
+        return;
+    }
+    wbuf_puts(b, "[{\"index\":0,\"delta\":");
+    switch (kind) {
+    case FAKEAI_CHUNK_ROLE: wbuf_puts(b, "{\"role\":\"assistant\",\"content\":\"\"}"); break;
+    case FAKEAI_CHUNK_CONTENT:
+        wbuf_puts(b, "{\"content\":\"");
+        wbuf_put_json_escaped(b, content);
+        wbuf_puts(b, "\"}");
+        break;
+    default: wbuf_puts(b, "{}"); break;
+    }
+    wbuf_puts(b, ",\"logprobs\":null,\"finish_reason\":");
+    wbuf_puts(b, kind == FAKEAI_CHUNK_FINISH ? "\"stop\"}]" : "null}]");
+    if (m->usage_null)
+        wbuf_puts(b, ",\"usage\":null");
+    wbuf_put_char(b, '}');
+}
+
+/* Decimal digits only, at most `max`. */
+static bool parse_uint(slice s, uint64_t max, uint64_t *out)
+{
+    if (s.len == 0 || s.len > 19)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < s.len; i++) {
+        if (s.ptr[i] < '0' || s.ptr[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(s.ptr[i] - '0');
+    }
+    if (v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+bool fakeai_parse_fault(slice v, fakeai_fault *out)
+{
+    static const struct {
+        const char *name;
+        fakeai_fault_kind kind;
+        bool takes_arg;
+    } faults[] = {
+        {"status", FAKEAI_FAULT_STATUS, true},
+        {"close-after", FAKEAI_FAULT_CLOSE_AFTER, true},
+        {"reset-after", FAKEAI_FAULT_RESET_AFTER, true},
+        {"hang", FAKEAI_FAULT_HANG, false},
+        {"hang-after", FAKEAI_FAULT_HANG_AFTER, true},
+        {"garbage", FAKEAI_FAULT_GARBAGE, false},
+        {"bad-chunked", FAKEAI_FAULT_BAD_CHUNKED, false},
+        {"close-delimited", FAKEAI_FAULT_CLOSE_DELIMITED, false},
+        {"trickle", FAKEAI_FAULT_TRICKLE, false},
+        {"crlf", FAKEAI_FAULT_CRLF, false},
+        {"comments", FAKEAI_FAULT_COMMENTS, false},
+    };
+    const char *colon = memchr(v.ptr, ':', v.len);
+    slice name = {v.ptr, colon ? (size_t)(colon - v.ptr) : v.len};
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) {
+        if (!slice_eq(name, slice_of(faults[i].name)))
+            continue;
+        if (faults[i].takes_arg != (colon != NULL))
+            return false;
+        out->kind = faults[i].kind;
+        out->arg = faults[i].kind == FAKEAI_FAULT_BAD_CHUNKED ? 2 : 0;
+        if (!colon)
+            return true;
+        slice arg = {colon + 1, v.len - name.len - 1};
+        if (faults[i].kind == FAKEAI_FAULT_STATUS)
+            return parse_uint(arg, 599, &out->arg) && out->arg >= 200;
+        return parse_uint(arg, MAX_CHUNKS, &out->arg);
+    }
+    return false;
+}
+
+/* ---- the server's state ---- */
+
+typedef enum conn_state {
+    CONN_READ_HEAD, /* waiting for (the rest of) a request head */
+    CONN_READ_BODY, /* head parsed, body still arriving */
+    CONN_RESPOND,   /* an answer is being produced and written */
+    CONN_HANG,      /* silent on purpose: wait for the peer to leave */
+    CONN_LINGER     /* our side is shut: drain input until the peer closes */
+} conn_state;
+
+typedef enum resp_kind { RESP_FIXED, RESP_STREAM } resp_kind;
+
+/* What happens once the answer's last byte has left. */
+typedef enum after_kind { AFTER_NEXT, AFTER_CLOSE, AFTER_RESET, AFTER_HANG } after_kind;
+
+typedef enum flush_status { FLUSH_EMPTY, FLUSH_PENDING, FLUSH_FAILED } flush_status;
+
+/* One reply's identity and shape. */
+typedef struct reply {
+    char id[9 + ID_LEN + 1];
+    char model[MODEL_MAX];
+    size_t model_len;
+    uint64_t created;
+    size_t chunks;
+    uint64_t delay_ms;
+    uint64_t prompt_tokens;
+    bool include_usage;
+} reply;
+
+/* A streamed reply's progress. Events: 0 role, 1..n content, n+1 finish,
+ * n+2 usage (when asked), n+3 [DONE], n+4 the last chunk of the body. */
+typedef struct stream {
+    size_t next;
+    size_t cut_at;  /* content deltas before a cut fault acts; SIZE_MAX: none */
+    bool paced;     /* the pacing timer for `next` fired */
+    bool chunked;   /* false: close-delimited */
+    bool crlf, comments;
+} stream;
+
+typedef struct conn {
+    struct fakeai *f;
+    struct conn *prev, *next;
+    int fd;
+    loop_io io;
+    loop_timer pace;    /* stream pacing, delayed fixed answers, linger deadline */
+    loop_timer trickle; /* one byte a tick */
+    loop_deferred reap;
+    tls_conn *tls;
+    conn_state state;
+    bool closed, peer_gone, counted;
+    /* Reading stopped on a full buffer. Resumed from conn_drive, not from
+     * epoll: TLS may already hold the next bytes decrypted, and a drained
+     * socket announces nothing. */
+    bool in_paused;
+
+    char *in;
+    size_t in_len, in_cap;
+    size_t scanned, head_len, body_len, raw_pos;
+    http_chunked chunked;
+    http_request req;
+
+    char *out;
+    size_t out_off, out_len, out_cap;
+    resp_kind resp;
+    after_kind after;
+    bool resp_done;    /* every byte of the answer is queued */
+    bool hold;         /* queued bytes wait for the pace timer */
+    bool trickling, trickle_wait;
+    bool head_only;    /* HEAD request */
+    fakeai_fault fault;
+    reply r;
+    stream s;
+} conn;
+
+struct fakeai {
+    loop *l;
+    char *reply_text, *model, *expect_key;
+    const tls_server_cred *tls;
+    size_t chunks;
+    uint64_t delay_ms;
+    bool faults;
+    slice *words;
+    size_t word_count;
+
+    int lfd;
+    loop_io lio;
+    loop_timer accept_retry;
+    char address[64];
+    conn *conns;
+    uint64_t open, total, requests;
+    uint64_t rng;
+
+    char *last; /* the last /v1 request: its head, then its decoded body */
+    size_t last_head_len, last_body_len, last_cap;
+    bool have_last;
+};
+
+static void conn_drive(conn *c);
+static void conn_read(conn *c);
+
+/* ---- small helpers ---- */
+
+static uint64_t next_random(fakeai *f)
+{
+    /* xorshift64*: ids only need to look random */
+    f->rng ^= f->rng >> 12;
+    f->rng ^= f->rng << 25;
+    f->rng ^= f->rng >> 27;
+    return f->rng * 2685821657736338717u;
+}
+
+static slice token_at(const fakeai *f, size_t i, char scratch[FAKEAI_TOKEN_SCRATCH])
+{
+    if (f->word_count)
+        return f->words[i % f->word_count];
+    return fakeai_default_token(i, scratch);
+}
+
+static fakeai_reply_meta meta_of(const conn *c)
+{
+    return (fakeai_reply_meta){
+        .id = slice_of(c->r.id),
+        .created = c->r.created,
+        .model = (slice){c->r.model, c->r.model_len},
+        .fingerprint = SLICE_LIT(FINGERPRINT),
+        .usage_null = c->r.include_usage,
+        .prompt_tokens = c->r.prompt_tokens,
+        .completion_tokens = c->r.chunks,
+    };
+}
+
+static bool is_v1(slice path) { return slice_eq(path, SLICE_LIT("/v1")) || slice_starts_with(path, SLICE_LIT("/v1/")); }
+
+/* ---- connection lifetime ---- */
+
+static void conn_free(void *ctx) { free(ctx); }
+
+/* Releases the socket and buffers; the struct itself goes at the end of the
+ * tick (or at once from fakeai_stop) since an event may still point at it. */
+static void conn_release(conn *c, bool reset)
+{
+    fakeai *f = c->f;
+    c->closed = true;
+    loop_timer_stop(f->l, &c->pace);
+    loop_timer_stop(f->l, &c->trickle);
+    loop_io_del(f->l, &c->io);
+    if (c->tls) {
+        if (!reset)
+            tls_close(c->tls, c->fd);
+        tls_free(c->tls);
+        c->tls = NULL;
+    }
+    if (reset) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close() sends RST */
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    close(c->fd);
+    c->fd = -1;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        f->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    if (c->counted)
+        f->open--;
+    free(c->in);
+    free(c->out);
+    c->in = c->out = NULL;
+    c->in_len = c->in_cap = c->out_len = c->out_off = c->out_cap = 0;
+}
+
+static void conn_close(conn *c, bool reset)
+{
+    if (c->closed)
+        return;
+    conn_release(c, reset);
+    loop_defer(c->f->l, &c->reap, conn_free, c);
+}
+
+/* ---- output buffer ---- */
+
+static size_t out_pending(const conn *c) { return c->out_len - c->out_off; }
+
+/* Makes room for n more bytes at out + out_len. */
+static bool out_reserve(conn *c, size_t n)
+{
+    if (c->out_off == c->out_len)
+        c->out_off = c->out_len = 0;
+    if (c->out_cap - c->out_len >= n)
+        return true;
+    if (c->out_off) {
+        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+        c->out_len -= c->out_off;
+        c->out_off = 0;
+        if (c->out_cap - c->out_len >= n)
+            return true;
+    }
+    if (n > OUT_MAX - c->out_len)
+        return false;
+    size_t need = c->out_len + n;
+    size_t cap = c->out_cap ? c->out_cap : OUT_INITIAL;
+    while (cap < need)
+        cap *= 2;
+    char *p = realloc(c->out, cap);
+    if (!p)
+        return false;
+    c->out = p;
+    c->out_cap = cap;
+    return true;
+}
+
+static bool out_append(conn *c, const char *data, size_t len)
+{
+    if (!out_reserve(c, len))
+        return false;
+    memcpy(c->out + c->out_len, data, len);
+    c->out_len += len;
+    return true;
+}
+
+/* ---- socket I/O ---- */
+
+static ssize_t io_read(conn *c, void *buf, size_t cap)
+{
+    if (c->tls)
+        return tls_read(c->tls, c->fd, buf, cap);
+    return recv(c->fd, buf, cap, 0);
+}
+
+static ssize_t io_write(conn *c, const void *buf, size_t len)
+{
+    if (c->tls)
+        return tls_write(c->tls, c->fd, buf, len);
+    return send(c->fd, buf, len, MSG_NOSIGNAL);
+}
+
+/* How much input the current state may hold. */
+static size_t in_limit(const conn *c)
+{
+    switch (c->state) {
+    case CONN_READ_HEAD: return MAX_HEAD + IN_IDLE_MAX;
+    case CONN_READ_BODY: return c->head_len + MAX_BODY + IN_IDLE_MAX;
+    default: return IN_IDLE_MAX;
+    }
+}
+
+static bool in_grow(conn *c)
+{
+    size_t limit = in_limit(c);
+    if (c->in_cap >= limit)
+        return false;
+    size_t cap = c->in_cap ? c->in_cap * 2 : IN_INITIAL;
+    if (cap > limit)
+        cap = limit;
+    char *p = realloc(c->in, cap);
+    if (!p)
+        return false;
+    c->in = p;
+    c->in_cap = cap;
+    return true;
+}
+
+static void on_trickle(void *ctx);
+
+/* Writes what is queued. Trickle mode writes one byte per timer tick. */
+static flush_status conn_flush(conn *c)
+{
+    if (c->hold)
+        return out_pending(c) ? FLUSH_PENDING : FLUSH_EMPTY;
+    while (c->out_off < c->out_len) {
+        if (c->trickle_wait)
+            return FLUSH_PENDING;
+        size_t n = c->trickling ? 1 : c->out_len - c->out_off;
+        ssize_t w = io_write(c, c->out + c->out_off, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return FLUSH_PENDING;
+            conn_close(c, false);
+            return FLUSH_FAILED;
+        }
+        c->out_off += (size_t)w;
+        if (c->trickling && c->out_off < c->out_len) {
+            c->trickle_wait = true;
+            loop_timer_arm(c->f->l, &c->trickle, TRICKLE_MS, on_trickle, c);
+        }
+    }
+    c->out_off = c->out_len = 0;
+    if (c->tls && tls_flush(c->tls, c->fd) != 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return FLUSH_PENDING;
+        conn_close(c, false);
+        return FLUSH_FAILED;
+    }
+    return FLUSH_EMPTY;
+}
+
+/* ---- response heads and fixed answers ---- */
+
+typedef enum framing { FRAME_LENGTH, FRAME_CHUNKED, FRAME_NONE } framing;
+
+static void put_head(wbuf *h, int status, const char *content_type, framing fr, size_t length, bool keep_alive,
+                     const char *extra)
+{
+    wbuf_puts(h, "HTTP/1.1 ");
+    wbuf_put_u64(h, (uint64_t)status);
+    wbuf_put_char(h, ' ');
+    wbuf_puts(h, http_reason(status));
+    wbuf_puts(h, "\r\nContent-Type: ");
+    wbuf_puts(h, content_type);
+    wbuf_puts(h, "\r\n");
+    if (fr == FRAME_LENGTH) {
+        wbuf_puts(h, "Content-Length: ");
+        wbuf_put_u64(h, length);
+        wbuf_puts(h, "\r\n");
+    } else if (fr == FRAME_CHUNKED) {
+        wbuf_puts(h, "Transfer-Encoding: chunked\r\n");
+    }
+    wbuf_puts(h, keep_alive ? "Connection: keep-alive\r\n" : "Connection: close\r\n");
+    if (extra)
+        wbuf_puts(h, extra);
+    wbuf_puts(h, "\r\n");
+}
+
+/* A fixed answer's body is written at out + out_len + HEAD_ROOM; fixed_end
+ * puts the head in front once the body's length is known. */
+static bool fixed_begin(conn *c, size_t bound, wbuf *b)
+{
+    if (bound > OUT_MAX - HEAD_ROOM || !out_reserve(c, HEAD_ROOM + bound)) {
+        conn_close(c, false);
+        return false;
+    }
+    *b = wbuf_over(c->out + c->out_len + HEAD_ROOM, bound);
+    return true;
+}
+
+static void fixed_end(conn *c, const wbuf *b, int status, const char *content_type, const char *extra)
+{
+    if (b->overflow) { /* a bound above is wrong: fail loudly rather than send a truncated body */
+        conn_close(c, false);
+        return;
+    }
+    fakeai_fault_kind fault = c->fault.kind;
+    framing fr = FRAME_LENGTH;
+    if (fault == FAKEAI_FAULT_CLOSE_DELIMITED) {
+        fr = FRAME_NONE;
+        c->after = AFTER_CLOSE;
+    } else if (fault == FAKEAI_FAULT_BAD_CHUNKED) {
+        fr = FRAME_CHUNKED;
+        c->after = AFTER_CLOSE;
+    }
+    char head[HEAD_ROOM];
+    wbuf h = wbuf_over(head, sizeof head);
+    put_head(&h, status, content_type, fr, b->len, c->after == AFTER_NEXT, extra);
+    if (h.overflow) {
+        conn_close(c, false);
+        return;
+    }
+    size_t body_at = c->out_len + HEAD_ROOM;
+    memcpy(c->out + c->out_len, head, h.len);
+    c->out_len += h.len;
+    size_t body_len = c->head_only ? 0 : b->len;
+    if (fault == FAKEAI_FAULT_BAD_CHUNKED) {
+        static const char bad[] = "zz\r\n{\"not\":\"a chunk size\"}\r\n";
+        memcpy(c->out + c->out_len, bad, sizeof bad - 1); /* fits: HEAD_ROOM > head + this */
+        c->out_len += sizeof bad - 1;
+        body_len = 0;
+    }
+    memmove(c->out + c->out_len, c->out + body_at, body_len);
+    switch (fault) {
+    case FAKEAI_FAULT_CLOSE_AFTER: c->after = AFTER_CLOSE; body_len /= 2; break;
+    case FAKEAI_FAULT_RESET_AFTER: c->after = AFTER_RESET; body_len /= 2; break;
+    case FAKEAI_FAULT_HANG_AFTER: c->after = AFTER_HANG; body_len /= 2; break;
+    case FAKEAI_FAULT_TRICKLE: c->trickling = true; break;
+    default: break;
+    }
+    c->out_len += body_len;
+    c->resp_done = true;
+}
+
+static void answer_error(conn *c, int status, const char *message, const char *type, const char *code,
+                         const char *extra)
+{
+    wbuf b;
+    if (!fixed_begin(c, 256 + 6 * strlen(message), &b))
+        return;
+    json_write_error(&b, message, type, code);
+    fixed_end(c, &b, status, "application/json", extra);
+}
+
+/* The error answer OpenAI gives for a status, as the status:CODE fault plays it. */
+static void answer_status_fault(conn *c, int status)
+{
+    switch (status) {
+    case 400: answer_error(c, 400, "Invalid request (mock fault).", "invalid_request_error", NULL, NULL); break;
+    case 401:
+        answer_error(c, 401, "Incorrect API key provided (mock fault).", "invalid_request_error", "invalid_api_key",
+                     NULL);
+        break;
+    case 403:
+        answer_error(c, 403, "You are not allowed to access this resource (mock fault).", "invalid_request_error",
+                     "forbidden", NULL);
+        break;
+    case 404:
+        answer_error(c, 404, "The model does not exist or you do not have access to it (mock fault).",
+                     "invalid_request_error", "model_not_found", NULL);
+        break;
+    case 429:
+        answer_error(c, 429, "Rate limit reached for requests (mock fault).", "requests", "rate_limit_exceeded",
+                     "Retry-After: 1\r\n");
+        break;
+    default:
+        if (status >= 500)
+            answer_error(c, status, "The server had an error while processing your request (mock fault).",
+                         "server_error", NULL, NULL);
+        else
+            answer_error(c, status, "Mock fault answer.", "invalid_request_error", NULL, NULL);
+    }
+}
+
+/* ---- streamed replies ---- */
+
+/* Event payloads are written after 18 bytes of room for the chunk-size line. */
+static bool event_begin(conn *c, size_t bound, wbuf *b)
+{
+    if (!out_reserve(c, 18 + bound + 2)) {
+        conn_close(c, false);
+        return false;
+    }
+    *b = wbuf_over(c->out + c->out_len + (c->s.chunked ? 18 : 0), bound);
+    return true;
+}
+
+static bool event_end(conn *c, const wbuf *b)
+{
+    if (b->overflow) {
+        conn_close(c, false);
+        return false;
+    }
+    if (!c->s.chunked) {
+        c->out_len += b->len;
+        return true;
+    }
+    char size_line[18];
+    size_t n = http_chunk_header(size_line, b->len);
+    memcpy(c->out + c->out_len, size_line, n);
+    memmove(c->out + c->out_len + n, b->ptr, b->len);
+    c->out_len += n + b->len;
+    memcpy(c->out + c->out_len, "\r\n", 2);
+    c->out_len += 2;
+    return true;
+}
+
+static const char *eol_of(const conn *c) { return c->s.crlf ? "\r\n" : "\n"; }
+
+/* Splits an event's JSON over two data: lines, between "object" and
+ * "created", where a newline is valid JSON whitespace: SSE joins the lines
+ * with "\n", so the reassembled data still parses. */
+static void split_data_line(wbuf *b, size_t json_at, const char *eol)
+{
+    static const char mark[] = ",\"created\":";
+    const char *at = memmem(b->ptr + json_at, b->len - json_at, mark, sizeof mark - 1);
+    if (!at)
+        return;
+    size_t pos = (size_t)(at - b->ptr) + 1, eol_len = strlen(eol);
+    size_t ins = eol_len + 6;
+    if (b->cap - b->len < ins) {
+        b->overflow = true;
+        return;
+    }
+    memmove(b->ptr + pos + ins, b->ptr + pos, b->len - pos);
+    memcpy(b->ptr + pos, eol, eol_len);
+    memcpy(b->ptr + pos + eol_len, "data: ", 6);
+    b->len += ins;
+}
+
+static bool emit_chunk(conn *c, fakeai_chunk_kind kind, slice content, size_t index)
+{
+    wbuf b;
+    if (!event_begin(c, 512 + c->r.model_len + 6 * content.len, &b))
+        return false;
+    const char *eol = eol_of(c);
+    bool odd_comment = kind == FAKEAI_CHUNK_CONTENT && c->s.comments && index % 2 == 1;
+    if (odd_comment) { /* a comment line inside the event, then a two-line data field */
+        wbuf_puts(&b, ": ping");
+        wbuf_puts(&b, eol);
+    }
+    wbuf_puts(&b, "data: ");
+    size_t json_at = b.len;
+    fakeai_reply_meta m = meta_of(c);
+    fakeai_format_chunk(&b, &m, kind, content);
+    if (odd_comment)
+        split_data_line(&b, json_at, eol);
+    wbuf_puts(&b, eol);
+    wbuf_puts(&b, eol);
+    return event_end(c, &b);
+}
+
+static bool emit_text(conn *c, const char *line)
+{
+    wbuf b;
+    if (!event_begin(c, 64, &b))
+        return false;
+    wbuf_puts(&b, line);
+    wbuf_puts(&b, eol_of(c));
+    wbuf_puts(&b, eol_of(c));
+    return event_end(c, &b);
+}
+
+/* A cut fault acts where content delta `cut_at` would have gone. */
+static bool apply_cut(conn *c)
+{
+    switch (c->fault.kind) {
+    case FAKEAI_FAULT_CLOSE_AFTER: c->after = AFTER_CLOSE; break;
+    case FAKEAI_FAULT_RESET_AFTER: c->after = AFTER_RESET; break;
+    case FAKEAI_FAULT_HANG_AFTER: c->after = AFTER_HANG; break;
+    case FAKEAI_FAULT_BAD_CHUNKED: {
+        static const char bad[] = "zz\r\ndata: {\"not\":\"a chunk size\"}\n\n\r\n";
+        if (!out_append(c, bad, sizeof bad - 1)) {
+            conn_close(c, false);
+            return false;
+        }
+        c->after = AFTER_CLOSE;
+        break;
+    }
+    default: break;
+    }
+    c->resp_done = true;
+    return true;
+}
+
+static void on_pace(void *ctx);
+
+/* Queues events until the reply ends, the pacing timer must run, or the
+ * socket lags. Returns true when it queued anything or finished. */
+static bool stream_pump(conn *c)
+{
+    stream *s = &c->s;
+    size_t n = c->r.chunks;
+    bool moved = false;
+    while (!c->resp_done && !c->closed) {
+        if (out_pending(c) >= OUT_HIGH_WATER)
+            break;
+        size_t e = s->next;
+        bool is_cut = s->cut_at != SIZE_MAX && e == s->cut_at + 1;
+        bool paced = (e >= 1 && e <= n) || is_cut;
+        if (paced && c->r.delay_ms && !s->paced) {
+            if (!loop_timer_armed(&c->pace))
+                loop_timer_arm(c->f->l, &c->pace, c->r.delay_ms, on_pace, c);
+            break;
+        }
+        s->paced = false;
+        moved = true;
+        if (is_cut) {
+            apply_cut(c);
+            break;
+        }
+        bool ok = true;
+        if (e == 0) {
+            ok = emit_chunk(c, FAKEAI_CHUNK_ROLE, (slice){"", 0}, 0);
+        } else if (e <= n) {
+            char scratch[FAKEAI_TOKEN_SCRATCH];
+            if (s->comments && (e - 1) % 2 == 0)
+                ok = emit_text(c, ": ping");
+            ok = ok && emit_chunk(c, FAKEAI_CHUNK_CONTENT, token_at(c->f, e - 1, scratch), e - 1);
+        } else if (e == n + 1) {
+            ok = emit_chunk(c, FAKEAI_CHUNK_FINISH, (slice){"", 0}, 0);
+        } else if (e == n + 2) {
+            if (c->r.include_usage)
+                ok = emit_chunk(c, FAKEAI_CHUNK_USAGE, (slice){"", 0}, 0);
+        } else if (e == n + 3) {
+            ok = emit_text(c, "data: [DONE]");
+        } else {
+            if (s->chunked)
+                ok = out_append(c, "0\r\n\r\n", 5);
+            c->resp_done = true;
+        }
+        if (!ok) {
+            conn_close(c, false);
+            break;
+        }
+        s->next++;
+    }
+    return moved;
+}
+
+static void start_stream(conn *c)
+{
+    stream *s = &c->s;
+    *s = (stream){.cut_at = SIZE_MAX, .chunked = true};
+    switch (c->fault.kind) {
+    case FAKEAI_FAULT_CLOSE_AFTER:
+    case FAKEAI_FAULT_RESET_AFTER:
+    case FAKEAI_FAULT_HANG_AFTER:
+    case FAKEAI_FAULT_BAD_CHUNKED:
+        s->cut_at = c->fault.arg < c->r.chunks ? (size_t)c->fault.arg : c->r.chunks;
+        break;
+    case FAKEAI_FAULT_CLOSE_DELIMITED:
+        s->chunked = false;
+        c->after = AFTER_CLOSE; /* the end of the body is the end of the connection */
+        break;
+    case FAKEAI_FAULT_TRICKLE: c->trickling = true; break;
+    case FAKEAI_FAULT_CRLF: s->crlf = true; break;
+    case FAKEAI_FAULT_COMMENTS: s->comments = true; break;
+    default: break;
+    }
+    char head[HEAD_ROOM];
+    wbuf h = wbuf_over(head, sizeof head);
+    put_head(&h, 200, "text/event-stream; charset=utf-8", s->chunked ? FRAME_CHUNKED : FRAME_NONE, 0,
+             c->after == AFTER_NEXT, "Cache-Control: no-cache\r\n");
+    c->resp = RESP_STREAM;
+    if (!out_append(c, head, h.len))
+        conn_close(c, false);
+}
+
+/* ---- fixed answers ---- */
+
+static void answer_completion(conn *c)
+{
+    const fakeai *f = c->f;
+    size_t n = c->r.chunks, bound = 1024 + 6 * c->r.model_len;
+    char scratch[FAKEAI_TOKEN_SCRATCH];
+    for (size_t i = 0; i < n; i++)
+        bound += 6 * token_at(f, i, scratch).len;
+    wbuf b;
+    if (!fixed_begin(c, bound, &b))
+        return;
+    fakeai_reply_meta m = meta_of(c);
+    wbuf_puts(&b, "{\"id\":\"");
+    wbuf_put_slice(&b, m.id);
+    wbuf_puts(&b, "\",\"object\":\"chat.completion\",\"created\":");
+    wbuf_put_u64(&b, m.created);
+    wbuf_puts(&b, ",\"model\":\"");
+    wbuf_put_slice(&b, m.model);
+    wbuf_puts(&b, "\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
+    for (size_t i = 0; i < n; i++)
+        wbuf_put_json_escaped(&b, token_at(f, i, scratch));
+    wbuf_puts(&b, "\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":");
+    wbuf_put_u64(&b, m.prompt_tokens);
+    wbuf_puts(&b, ",\"completion_tokens\":");
+    wbuf_put_u64(&b, m.completion_tokens);
+    wbuf_puts(&b, ",\"total_tokens\":");
+    wbuf_put_u64(&b, m.prompt_tokens + m.completion_tokens);
+    wbuf_puts(&b, "},\"system_fingerprint\":\"");
+    wbuf_put_slice(&b, m.fingerprint);
+    wbuf_puts(&b, "\"}");
+    fixed_end(c, &b, 200, "application/json", NULL);
+    /* The whole answer arrives when a streamed one would have finished. */
+    uint64_t wait = c->r.delay_ms * (uint64_t)n;
+    if (n && wait / n != c->r.delay_ms)
+        wait = MAX_DELAY_MS;
+    if (wait && !c->closed) {
+        c->hold = true;
+        loop_timer_arm(f->l, &c->pace, wait < MAX_DELAY_MS ? wait : MAX_DELAY_MS, on_pace, c);
+    }
+}
+
+static void answer_models(conn *c)
+{
+    wbuf b;
+    if (!fixed_begin(c, 256 + 6 * c->r.model_len, &b))
+        return;
+    wbuf_puts(&b, "{\"object\":\"list\",\"data\":[{\"id\":\"");
+    wbuf_put_slice(&b, (slice){c->r.model, c->r.model_len});
+    wbuf_puts(&b, "\",\"object\":\"model\",\"created\":");
+    wbuf_puts(&b, MODELS_CREATED);
+    wbuf_puts(&b, ",\"owned_by\":\"system\"}]}");
+    fixed_end(c, &b, 200, "application/json", NULL);
+}
+
+static void answer_embeddings(conn *c)
+{
+    wbuf b;
+    if (!fixed_begin(c, 512 + 6 * c->r.model_len, &b))
+        return;
+    wbuf_puts(&b, "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,\"embedding\":"
+                  "[0.0023064255,-0.009327292,0.015797347,-0.0077780345,0.0041235]}],\"model\":\"");
+    wbuf_put_slice(&b, (slice){c->r.model, c->r.model_len});
+    wbuf_puts(&b, "\",\"usage\":{\"prompt_tokens\":");
+    wbuf_put_u64(&b, c->r.prompt_tokens);
+    wbuf_puts(&b, ",\"total_tokens\":");
+    wbuf_put_u64(&b, c->r.prompt_tokens);
+    wbuf_puts(&b, "}}");
+    fixed_end(c, &b, 200, "application/json", NULL);
+}
+
+static void answer_stats(conn *c)
+{
+    const fakeai *f = c->f;
+    wbuf b;
+    if (!fixed_begin(c, 128, &b))
+        return;
+    wbuf_puts(&b, "{\"open\":");
+    wbuf_put_u64(&b, f->open);
+    wbuf_puts(&b, ",\"total\":");
+    wbuf_put_u64(&b, f->total);
+    wbuf_puts(&b, ",\"requests\":");
+    wbuf_put_u64(&b, f->requests);
+    wbuf_put_char(&b, '}');
+    fixed_end(c, &b, 200, "application/json", NULL);
+}
+
+static void answer_last(conn *c)
+{
+    const fakeai *f = c->f;
+    if (!f->have_last) {
+        answer_error(c, 404, "No /v1 request received yet.", "mock_error", NULL, NULL);
+        return;
+    }
+    http_request *req = malloc(sizeof *req); /* ~3 KiB: not on the stack */
+    size_t scanned = 0;
+    if (!req || http_parse_request(f->last, f->last_head_len, MAX_HEAD, MAX_TARGET, &scanned, req) != HTTP_PARSE_DONE) {
+        free(req);
+        answer_error(c, 500, "Stored request does not parse.", "mock_error", NULL, NULL);
+        return;
+    }
+    wbuf b;
+    if (!fixed_begin(c, 256 + 6 * (f->last_head_len + f->last_body_len), &b)) {
+        free(req);
+        return;
+    }
+    wbuf_puts(&b, "{\"method\":\"");
+    wbuf_put_json_escaped(&b, req->method_name);
+    wbuf_puts(&b, "\",\"path\":\"");
+    wbuf_put_json_escaped(&b, req->path);
+    wbuf_puts(&b, "\",\"query\":\"");
+    wbuf_put_json_escaped(&b, req->query);
+    wbuf_puts(&b, "\",\"headers\":{");
+    for (size_t i = 0; i < req->header_count; i++) {
+        const http_header *h = &req->headers[i];
+        wbuf_puts(&b, i ? ",\"" : "\"");
+        for (size_t k = 0; k < h->name.len; k++) /* token characters: no escaping needed */
+            wbuf_put_char(&b, ascii_lower(h->name.ptr[k]));
+        wbuf_puts(&b, "\":\"");
+        wbuf_put_json_escaped(&b, h->value);
+        wbuf_put_char(&b, '"');
+    }
+    wbuf_puts(&b, "},\"body\":\"");
+    wbuf_put_json_escaped(&b, (slice){f->last + f->last_head_len, f->last_body_len});
+    wbuf_puts(&b, "\"}");
+    free(req);
+    fixed_end(c, &b, 200, "application/json", NULL);
+}
+
+/* ---- request dispatch ---- */
+
+/* Resets the per-answer state as a new answer starts. */
+static void begin_answer(conn *c, after_kind after)
+{
+    c->state = CONN_RESPOND;
+    c->resp = RESP_FIXED;
+    c->resp_done = c->hold = c->trickling = c->trickle_wait = false;
+    c->head_only = false;
+    c->after = after;
+    c->fault = (fakeai_fault){FAKEAI_FAULT_NONE, 0};
+}
+
+static void answer_too_large(conn *c)
+{
+    begin_answer(c, AFTER_CLOSE); /* the body is not read */
+    answer_error(c, 413, "Request body too large for the mock.", "invalid_request_error", NULL, NULL);
+}
+
+static void remember_last(fakeai *f, const conn *c, slice body)
+{
+    size_t need = c->head_len + body.len;
+    if (need > f->last_cap) {
+        char *p = realloc(f->last, need);
+        if (!p) {
+            f->have_last = false;
+            return;
+        }
+        f->last = p;
+        f->last_cap = need;
+    }
+    memcpy(f->last, c->in, c->head_len);
+    if (body.len)
+        memcpy(f->last + c->head_len, body.ptr, body.len);
+    f->last_head_len = c->head_len;
+    f->last_body_len = body.len;
+    f->have_last = true;
+}
+
+static bool authorized(const fakeai *f, const http_request *req)
+{
+    if (!f->expect_key)
+        return true;
+    const http_header *h = http_find_header(req->headers, req->header_count, SLICE_LIT("authorization"));
+    if (!h || !slice_starts_with(h->value, SLICE_LIT("Bearer ")))
+        return false;
+    slice key = {h->value.ptr + 7, h->value.len - 7};
+    return slice_eq(key, slice_of(f->expect_key));
+}
+
+/* Reads X-Mock-Chunks / X-Mock-Delay-Ms / X-Mock-Fault; false (and an answer
+ * queued) when one is malformed. */
+static bool read_overrides(conn *c)
+{
+    const http_request *req = &c->req;
+    const http_header *h = http_find_header(req->headers, req->header_count, SLICE_LIT("x-mock-chunks"));
+    uint64_t v;
+    if (h) {
+        if (!parse_uint(h->value, MAX_CHUNKS, &v)) {
+            answer_error(c, 400, "X-Mock-Chunks must be an integer from 0 to 1000000.", "mock_error", NULL, NULL);
+            return false;
+        }
+        c->r.chunks = (size_t)v;
+    }
+    h = http_find_header(req->headers, req->header_count, SLICE_LIT("x-mock-delay-ms"));
+    if (h) {
+        if (!parse_uint(h->value, MAX_DELAY_MS, &v)) {
+            answer_error(c, 400, "X-Mock-Delay-Ms must be an integer from 0 to 3600000.", "mock_error", NULL, NULL);
+            return false;
+        }
+        c->r.delay_ms = v;
+    }
+    h = http_find_header(req->headers, req->header_count, SLICE_LIT("x-mock-fault"));
+    if (h && !fakeai_parse_fault(h->value, &c->fault)) {
+        answer_error(c, 400, "Unknown X-Mock-Fault.", "mock_error", NULL, NULL);
+        return false;
+    }
+    return true;
+}
+
+static void set_model(conn *c, slice model)
+{
+    /* The request's model is echoed when it is short and escape-free (it is
+     * then valid inside our JSON strings as is). */
+    const fakeai *f = c->f;
+    bool usable = model.len > 0 && model.len < MODEL_MAX && !memchr(model.ptr, '\\', model.len);
+    if (!usable)
+        model = slice_of(f->model);
+    memcpy(c->r.model, model.ptr, model.len);
+    c->r.model_len = model.len;
+}
+
+static void new_reply(conn *c, slice body)
+{
+    fakeai *f = c->f;
+    reply *r = &c->r;
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    memcpy(r->id, "chatcmpl-", 9);
+    for (size_t i = 0; i < ID_LEN; i++)
+        r->id[9 + i] = alnum[next_random(f) % (sizeof alnum - 1)];
+    r->id[9 + ID_LEN] = '\0';
+    r->created = (uint64_t)time(NULL);
+    r->chunks = f->word_count ? f->word_count : f->chunks;
+    r->delay_ms = f->delay_ms;
+    r->prompt_tokens = body.len / 4 > 0 ? body.len / 4 : 1; /* deterministic, roughly OpenAI's scale */
+    r->include_usage = false;
+    set_model(c, (slice){NULL, 0});
+}
+
+static void route_v1(conn *c, slice body)
+{
+    const http_request *req = &c->req;
+    bool post = req->method == HTTP_POST;
+    bool chat = slice_eq(req->path, SLICE_LIT("/v1/chat/completions"));
+    bool embeddings = slice_eq(req->path, SLICE_LIT("/v1/embeddings"));
+    if (post && (chat || embeddings)) {
+        arena a;
+        arena_init(&a);
+        json_request_info info;
+        const char *why = NULL;
+        int rc = json_inspect_request(body.ptr, body.len, &a, &info, &why);
+        if (rc == 0) {
+            set_model(c, info.model);
+            c->r.include_usage = info.stream && info.client_wants_usage;
+        }
+        arena_reset(&a);
+        if (rc != 0) {
+            answer_error(c, 400,
+                         "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+                         "using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+                         "invalid_request_error", NULL, NULL);
+            return;
+        }
+        if (embeddings)
+            answer_embeddings(c);
+        else if (info.stream)
+            start_stream(c);
+        else
+            answer_completion(c);
+        return;
+    }
+    if ((req->method == HTTP_GET || req->method == HTTP_HEAD) && slice_eq(req->path, SLICE_LIT("/v1/models"))) {
+        answer_models(c);
+        return;
+    }
+    char msg[160];
+    snprintf(msg, sizeof msg, "Invalid URL (%.*s %.*s)", (int)(req->method_name.len > 16 ? 16 : req->method_name.len),
+             req->method_name.ptr, (int)(req->path.len > 100 ? 100 : req->path.len), req->path.ptr);
+    answer_error(c, 404, msg, "invalid_request_error", NULL, NULL);
+}
+
+static void dispatch(conn *c, slice body)
+{
+    fakeai *f = c->f;
+    const http_request *req = &c->req;
+    begin_answer(c, req->keep_alive ? AFTER_NEXT : AFTER_CLOSE);
+    c->head_only = req->method == HTTP_HEAD;
+    new_reply(c, body);
+
+    if (f->faults && slice_starts_with(req->path, SLICE_LIT("/_mock/"))) {
+        if (req->method == HTTP_GET && slice_eq(req->path, SLICE_LIT("/_mock/stats")))
+            answer_stats(c);
+        else if (req->method == HTTP_GET && slice_eq(req->path, SLICE_LIT("/_mock/last")))
+            answer_last(c);
+        else
+            answer_error(c, 404, "Unknown mock endpoint.", "mock_error", NULL, NULL);
+        return;
+    }
+    if (!is_v1(req->path)) {
+        answer_error(c, 404, "Not found.", "invalid_request_error", NULL, NULL);
+        return;
+    }
+    if (!c->counted) {
+        c->counted = true;
+        f->open++;
+        f->total++;
+    }
+    f->requests++;
+    remember_last(f, c, body);
+    if (!authorized(f, req)) {
+        bool none = !http_find_header(req->headers, req->header_count, SLICE_LIT("authorization"));
+        answer_error(c, 401,
+                     none ? "You didn't provide an API key. You need to provide your API key in an Authorization "
+                            "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+                          : "Incorrect API key provided.",
+                     "invalid_request_error", none ? NULL : "invalid_api_key", NULL);
+        return;
+    }
+    if (f->faults && !read_overrides(c))
+        return;
+    switch (c->fault.kind) {
+    case FAKEAI_FAULT_STATUS: {
+        fakeai_fault status = c->fault;
+        c->fault.kind = FAKEAI_FAULT_NONE; /* the error answer itself is well formed */
+        answer_status_fault(c, (int)status.arg);
+        return;
+    }
+    case FAKEAI_FAULT_GARBAGE: {
+        static const char garbage[] = "SSH-2.0-notHTTP\r\n\x01\x02\xff garbage, not an HTTP response\r\n\r\n";
+        if (!out_append(c, garbage, sizeof garbage - 1)) {
+            conn_close(c, false);
+            return;
+        }
+        c->after = AFTER_CLOSE;
+        c->resp_done = true;
+        return;
+    }
+    case FAKEAI_FAULT_HANG: c->state = CONN_HANG; return;
+    default: route_v1(c, body); return;
+    }
+}
+
+/* ---- request parsing ---- */
+
+static void answer_parse_error(conn *c, http_parse_result r, const char *why)
+{
+    static const int status[] = {
+        [HTTP_PARSE_BAD_REQUEST] = 400,     [HTTP_PARSE_URI_TOO_LONG] = 414,
+        [HTTP_PARSE_HEADERS_TOO_LARGE] = 431, [HTTP_PARSE_NOT_IMPLEMENTED] = 501,
+        [HTTP_PARSE_BAD_VERSION] = 505,
+    };
+    begin_answer(c, AFTER_CLOSE); /* framing is in doubt */
+    int code = (size_t)r < sizeof status / sizeof status[0] && status[r] ? status[r] : 400;
+    answer_error(c, code, why ? why : "Malformed request.", "invalid_request_error", NULL, NULL);
+}
+
+/* Parses what the buffer holds. Returns true when an answer was started. */
+static bool parse_step(conn *c)
+{
+    if (c->state == CONN_READ_HEAD) {
+        if (c->in_len == 0)
+            return false;
+        http_parse_result r = http_parse_request(c->in, c->in_len, MAX_HEAD, MAX_TARGET, &c->scanned, &c->req);
+        if (r == HTTP_PARSE_INCOMPLETE)
+            return false;
+        if (r != HTTP_PARSE_DONE) {
+            answer_parse_error(c, r, c->req.error);
+            return true;
+        }
+        c->head_len = c->req.head_len;
+        if (c->req.body_kind == HTTP_BODY_LENGTH && c->req.content_length > MAX_BODY) {
+            answer_too_large(c);
+            return true;
+        }
+        c->state = CONN_READ_BODY;
+        c->body_len = 0;
+        c->raw_pos = c->head_len;
+        c->chunked = (http_chunked){0};
+        bool complete = c->req.body_kind == HTTP_BODY_NONE ||
+                        (c->req.body_kind == HTTP_BODY_LENGTH && c->in_len - c->head_len >= c->req.content_length);
+        if (c->req.expect_continue && !complete) {
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            if (!out_append(c, cont, sizeof cont - 1)) {
+                conn_close(c, false);
+                return true;
+            }
+        }
+    }
+
+    size_t consumed;
+    switch (c->req.body_kind) {
+    case HTTP_BODY_NONE:
+        c->body_len = 0;
+        consumed = c->head_len;
+        break;
+    case HTTP_BODY_LENGTH:
+        if (c->in_len - c->head_len < c->req.content_length)
+            return false;
+        c->body_len = (size_t)c->req.content_length;
+        consumed = c->head_len + c->body_len;
+        break;
+    case HTTP_BODY_CHUNKED: {
+        /* Decode in place: payload moves down over the framing, and the
+         * undecoded rest is kept right after it. */
+        size_t used = 0, produced = 0;
+        size_t dst = c->head_len + c->body_len;
+        http_chunked_result cr = http_chunked_decode(&c->chunked, c->in + dst, c->in + c->raw_pos,
+                                                     c->in_len - c->raw_pos, &used, &produced);
+        c->body_len += produced;
+        dst += produced;
+        size_t rest = c->in_len - c->raw_pos - used;
+        memmove(c->in + dst, c->in + c->raw_pos + used, rest);
+        c->in_len = dst + rest;
+        c->raw_pos = dst;
+        if (cr == CHUNKED_ERROR) {
+            answer_parse_error(c, HTTP_PARSE_BAD_REQUEST, "malformed chunked request body");
+            return true;
+        }
+        if (c->body_len > MAX_BODY) {
+            answer_too_large(c);
+            return true;
+        }
+        if (cr == CHUNKED_MORE)
+            return false;
+        consumed = dst;
+        break;
+    }
+    default:
+        answer_parse_error(c, HTTP_PARSE_BAD_REQUEST, NULL);
+        return true;
+    }
+
+    /* The buffer may have moved since the head was parsed: refresh the slices. */
+    size_t scanned = 0;
+    http_parse_request(c->in, c->head_len, MAX_HEAD, MAX_TARGET, &scanned, &c->req);
+    dispatch(c, (slice){c->in + c->head_len, c->body_len});
+    if (c->closed)
+        return true;
+    /* Everything the answer needs was copied: drop the request, keep what was
+     * pipelined behind it. */
+    memmove(c->in, c->in + consumed, c->in_len - consumed);
+    c->in_len -= consumed;
+    c->scanned = 0;
+    return true;
+}
+
+/* ---- the connection's driver ---- */
+
+static void start_linger(conn *c)
+{
+    if (c->tls)
+        tls_close(c->tls, c->fd);
+    shutdown(c->fd, SHUT_WR);
+    c->state = CONN_LINGER;
+    c->in_len = 0;
+    loop_timer_arm(c->f->l, &c->pace, LINGER_MS, on_pace, c);
+}
+
+static void response_complete(conn *c)
+{
+    if (c->out_cap > OUT_KEEP) {
+        free(c->out);
+        c->out = NULL;
+        c->out_cap = c->out_len = c->out_off = 0;
+    }
+    if (c->in_cap > IN_IDLE_MAX && c->in_len <= IN_INITIAL) { /* a big body is gone: give its room back */
+        char *p = realloc(c->in, IN_INITIAL);
+        if (p) {
+            c->in = p;
+            c->in_cap = IN_INITIAL;
+        }
+    }
+    c->trickling = c->trickle_wait = false;
+    switch (c->after) {
+    case AFTER_NEXT: c->state = CONN_READ_HEAD; break;
+    case AFTER_CLOSE: start_linger(c); break;
+    case AFTER_RESET: conn_close(c, true); break;
+    case AFTER_HANG: c->state = CONN_HANG; break;
+    }
+}
+
+static void update_events(conn *c)
+{
+    if (c->closed)
+        return;
+    bool want_read = c->state == CONN_LINGER || c->in_len < in_limit(c);
+    uint32_t ev = EPOLLRDHUP;
+    if (c->tls) {
+        uint32_t t = tls_events(c->tls);
+        if (want_read || !tls_handshake_done(c->tls))
+            ev |= t & EPOLLIN;
+        ev |= t & EPOLLOUT;
+    } else {
+        if (want_read)
+            ev |= EPOLLIN;
+        if (out_pending(c) && !c->hold && !c->trickle_wait)
+            ev |= EPOLLOUT;
+    }
+    if (loop_io_set(c->f->l, &c->io, ev) != 0)
+        conn_close(c, false);
+}
+
+/* Moves the connection as far as it can go without waiting. */
+static void conn_drive(conn *c)
+{
+    while (!c->closed) {
+        bool moved = false;
+        if (c->state == CONN_READ_HEAD || c->state == CONN_READ_BODY)
+            moved = parse_step(c);
+        else if (c->state == CONN_RESPOND && c->resp == RESP_STREAM && !c->resp_done)
+            moved = stream_pump(c);
+        if (c->closed)
+            return;
+        flush_status fs = conn_flush(c);
+        if (fs == FLUSH_FAILED)
+            return;
+        if (fs == FLUSH_EMPTY && c->state == CONN_RESPOND && c->resp_done) {
+            response_complete(c);
+            moved = true;
+        }
+        /* The state now takes more input (a head parsed, a request answered):
+         * pick up what reading left behind when it paused. */
+        if (c->in_paused && c->in_len < in_limit(c)) {
+            size_t had = c->in_len;
+            conn_read(c);
+            if (c->closed)
+                return;
+            if (c->in_len > had)
+                moved = true;
+        }
+        if (!moved)
+            break;
+    }
+    update_events(c);
+}
+
+static void conn_read(conn *c)
+{
+    c->in_paused = false;
+    for (;;) {
+        if (c->in_len == c->in_cap && !in_grow(c)) {
+            c->in_paused = true; /* update_events stops asking for input */
+            return;
+        }
+        ssize_t n = io_read(c, c->in + c->in_len, c->in_cap - c->in_len);
+        if (n > 0) {
+            if (c->state != CONN_LINGER)
+                c->in_len += (size_t)n;
+            continue;
+        }
+        if (n == 0) {
+            c->peer_gone = true;
+            return;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            conn_close(c, false);
+        return;
+    }
+}
+
+static void on_conn_io(void *ctx, uint32_t events)
+{
+    conn *c = ctx;
+    if (events & EPOLLERR) {
+        conn_close(c, false);
+        return;
+    }
+    if (c->tls || (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))) {
+        conn_read(c);
+        if (c->closed)
+            return;
+        /* Input paused and the peer hung up: nobody is left to answer. */
+        if ((events & (EPOLLRDHUP | EPOLLHUP)) && c->in_len >= in_limit(c))
+            c->peer_gone = true;
+    }
+    conn_drive(c);
+    /* A peer that left cancels what it asked for: what could be written was. */
+    if (c->peer_gone)
+        conn_close(c, false);
+}
+
+static void on_pace(void *ctx)
+{
+    conn *c = ctx;
+    if (c->state == CONN_LINGER) {
+        conn_close(c, false);
+        return;
+    }
+    if (c->hold)
+        c->hold = false;
+    else
+        c->s.paced = true;
+    conn_drive(c);
+}
+
+static void on_trickle(void *ctx)
+{
+    conn *c = ctx;
+    c->trickle_wait = false;
+    conn_drive(c);
+}
+
+/* ---- listener ---- */
+
+static void conn_open(fakeai *f, int fd)
+{
+    conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->f = f;
+    c->fd = fd;
+    c->state = CONN_READ_HEAD;
+    int one = 1; /* SSE events are small writes that must leave at once */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (f->tls && !(c->tls = tls_server_new(f->tls))) {
+        close(fd);
+        free(c);
+        return;
+    }
+    if (!in_grow(c) || loop_io_add(f->l, &c->io, fd, EPOLLIN | EPOLLRDHUP, on_conn_io, c) != 0) {
+        tls_free(c->tls);
+        free(c->in);
+        close(fd);
+        free(c);
+        return;
+    }
+    c->next = f->conns;
+    if (f->conns)
+        f->conns->prev = c;
+    f->conns = c;
+}
+
+static void on_accept_retry(void *ctx)
+{
+    fakeai *f = ctx;
+    loop_io_set(f->l, &f->lio, EPOLLIN);
+}
+
+static void on_accept(void *ctx, uint32_t events)
+{
+    fakeai *f = ctx;
+    (void)events;
+    for (;;) {
+        int fd = accept4(f->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            conn_open(f, fd);
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            /* Out of descriptors: stop listening for a moment instead of spinning. */
+            loop_io_set(f->l, &f->lio, 0);
+            loop_timer_arm(f->l, &f->accept_retry, ACCEPT_RETRY_MS, on_accept_retry, f);
+        }
+        return;
+    }
+}
+
+static int listen_on(const char *addr, char *bound, size_t bound_cap, const char **why)
+{
+    const char *colon = strrchr(addr, ':');
+    char host[256];
+    if (!colon || (size_t)(colon - addr) >= sizeof host || !colon[1]) {
+        *why = "listen address must be HOST:PORT";
+        return -1;
+    }
+    size_t hl = (size_t)(colon - addr);
+    memcpy(host, addr, hl);
+    host[hl] = '\0';
+    char *h = host;
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        h++;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(*h ? h : NULL, colon + 1, &hints, &res) != 0) {
+        *why = "cannot resolve the listen address";
+        return -1;
+    }
+    int fd = -1;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0)
+            continue;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+            break;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        *why = "cannot bind the listen address";
+        return -1;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
+            port = ntohs(s6->sin6_port);
+            snprintf(bound, bound_cap, "[%s]:%u", ip, port);
+        } else {
+            const struct sockaddr_in *s4 = (const struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
+            port = ntohs(s4->sin_port);
+            snprintf(bound, bound_cap, "%s:%u", ip, port);
+        }
+    }
+    return fd;
+}
+
+/* ---- public API ---- */
+
+static char *dup_or_null(const char *s)
+{
+    if (!s)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+static void fakeai_free(fakeai *f)
+{
+    free(f->reply_text);
+    free(f->model);
+    free(f->expect_key);
+    free(f->words);
+    free(f->last);
+    free(f);
+}
+
+fakeai *fakeai_start(loop *l, const char *listen_addr, const fakeai_config *cfg, const char **why)
+{
+    fakeai *f = calloc(1, sizeof *f);
+    if (!f) {
+        *why = "out of memory";
+        return NULL;
+    }
+    f->l = l;
+    f->lfd = -1;
+    f->tls = cfg->tls;
+    f->chunks = cfg->chunks > MAX_CHUNKS ? MAX_CHUNKS : cfg->chunks;
+    f->delay_ms = cfg->delay_ms > MAX_DELAY_MS ? MAX_DELAY_MS : cfg->delay_ms;
+    f->faults = cfg->faults;
+    f->rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15u;
+    const char *model = cfg->model && cfg->model[0] && strlen(cfg->model) < MODEL_MAX ? cfg->model : "gpt-4o-mini";
+    f->model = dup_or_null(model);
+    f->reply_text = dup_or_null(cfg->reply_text);
+    f->expect_key = dup_or_null(cfg->expect_key);
+    bool oom = !f->model || (cfg->reply_text && !f->reply_text) || (cfg->expect_key && !f->expect_key);
+    if (!oom && f->reply_text) {
+        slice text = slice_of(f->reply_text);
+        size_t n = fakeai_split_words(text, NULL, 0);
+        if (n) {
+            f->words = calloc(n, sizeof *f->words);
+            oom = !f->words;
+            if (!oom)
+                f->word_count = fakeai_split_words(text, f->words, n);
+        }
+    }
+    if (oom) {
+        *why = "out of memory";
+        fakeai_free(f);
+        return NULL;
+    }
+    f->lfd = listen_on(listen_addr, f->address, sizeof f->address, why);
+    if (f->lfd < 0) {
+        fakeai_free(f);
+        return NULL;
+    }
+    if (loop_io_add(l, &f->lio, f->lfd, EPOLLIN, on_accept, f) != 0) {
+        *why = "cannot watch the listening socket";
+        close(f->lfd);
+        fakeai_free(f);
+        return NULL;
+    }
+    return f;
+}
+
+const char *fakeai_address(const fakeai *f) { return f->address; }
+
+void fakeai_stop(fakeai *f)
+{
+    if (!f)
+        return;
+    while (f->conns) {
+        conn *c = f->conns;
+        conn_release(c, false);
+        free(c);
+    }
+    loop_timer_stop(f->l, &f->accept_retry);
+    loop_io_del(f->l, &f->lio);
+    close(f->lfd);
+    fakeai_free(f);
+}

@@ -1,0 +1,938 @@
+#include "tls.h"
+
+#include "pem.h"
+
+/* BearSSL's inline helpers trip -Wconversion; they are not our code. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#include <bearssl.h>
+#pragma GCC diagnostic pop
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Loader messages outlive the call (the API hands back a const char *);
+ * loading happens at start-up on one thread, so one buffer will do. */
+static char load_why[512];
+
+/* Entries of 100 bytes each (BearSSL's fixed size): plenty for a test
+ * upstream that sees a handful of clients. */
+#define SERVER_CACHE_ENTRIES 256
+
+struct tls_trust {
+    br_x509_trust_anchor *tas;
+    size_t count;
+};
+
+struct tls_server_cred {
+    br_x509_certificate *chain;
+    size_t chain_len;
+    int key_type;             /* BR_KEYTYPE_RSA or BR_KEYTYPE_EC */
+    unsigned issuer_key_type; /* what signed the leaf; BearSSL needs it for ECDH suites */
+    br_rsa_private_key rsa;
+    br_ec_private_key ec;
+    unsigned char *key_mem; /* backs the key fields above */
+    size_t key_mem_len;
+    /* Shared by every connection made from this credential, so a client's
+     * second connection can resume. Separately allocated: conns get a
+     * const cred but the cache mutates. */
+    br_ssl_session_cache_lru *lru;
+    unsigned char *lru_store;
+};
+
+struct tls_session_cache {
+    br_ssl_session_parameters params;
+    bool valid;
+};
+
+struct tls_conn {
+    union {
+        struct {
+            br_ssl_client_context cc;
+            br_x509_minimal_context xc;
+        } cli;
+        br_ssl_server_context sc;
+    } u;
+    br_ssl_engine_context *eng;
+    bool is_client;
+    bool hs_done;
+    bool resumed;
+    bool eof;         /* read() returned 0 */
+    bool peer_closed; /* peer sent close_notify and then vanished before our reply */
+    bool failed;      /* sticky; err holds the sentence */
+    int fail_errno;
+    tls_session_cache *cache;
+    unsigned char offered_id[32];
+    size_t offered_len;
+    char server_name[256];
+    char err[320];
+    size_t rpos, rlen; /* unconsumed socket bytes in rbuf */
+    unsigned char rbuf[4096];
+    unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
+};
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static bool would_block(int e)
+{
+    return e == EAGAIN || e == EWOULDBLOCK;
+}
+
+static ssize_t sock_send(int fd, const void *p, size_t len)
+{
+    for (;;) {
+        /* MSG_NOSIGNAL: a peer that vanished must give EPIPE, not SIGPIPE. */
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == ENOTSOCK)
+            n = write(fd, p, len);
+        if (n >= 0 || errno != EINTR)
+            return n;
+    }
+}
+
+static ssize_t sock_recv(int fd, void *p, size_t len)
+{
+    for (;;) {
+        ssize_t n = read(fd, p, len);
+        if (n >= 0 || errno != EINTR)
+            return n;
+    }
+}
+
+static const char *alert_name(int a)
+{
+    switch (a) {
+    case BR_ALERT_CLOSE_NOTIFY: return "close_notify";
+    case BR_ALERT_UNEXPECTED_MESSAGE: return "unexpected_message";
+    case BR_ALERT_BAD_RECORD_MAC: return "bad_record_mac";
+    case BR_ALERT_RECORD_OVERFLOW: return "record_overflow";
+    case BR_ALERT_DECOMPRESSION_FAILURE: return "decompression_failure";
+    case BR_ALERT_HANDSHAKE_FAILURE: return "handshake_failure";
+    case BR_ALERT_BAD_CERTIFICATE: return "bad_certificate";
+    case BR_ALERT_UNSUPPORTED_CERTIFICATE: return "unsupported_certificate";
+    case BR_ALERT_CERTIFICATE_REVOKED: return "certificate_revoked";
+    case BR_ALERT_CERTIFICATE_EXPIRED: return "certificate_expired";
+    case BR_ALERT_CERTIFICATE_UNKNOWN: return "certificate_unknown";
+    case BR_ALERT_ILLEGAL_PARAMETER: return "illegal_parameter";
+    case BR_ALERT_UNKNOWN_CA: return "unknown_ca";
+    case BR_ALERT_ACCESS_DENIED: return "access_denied";
+    case BR_ALERT_DECODE_ERROR: return "decode_error";
+    case BR_ALERT_DECRYPT_ERROR: return "decrypt_error";
+    case BR_ALERT_PROTOCOL_VERSION: return "protocol_version";
+    case BR_ALERT_INSUFFICIENT_SECURITY: return "insufficient_security";
+    case BR_ALERT_INTERNAL_ERROR: return "internal_error";
+    case BR_ALERT_USER_CANCELED: return "user_canceled";
+    case BR_ALERT_NO_RENEGOTIATION: return "no_renegotiation";
+    case BR_ALERT_UNSUPPORTED_EXTENSION: return "unsupported_extension";
+    case BR_ALERT_NO_APPLICATION_PROTOCOL: return "no_application_protocol";
+    default: return "unknown alert";
+    }
+}
+
+static const char *engine_error_text(int err)
+{
+    switch (err) {
+    case BR_ERR_BAD_PARAM: return "invalid TLS parameter";
+    case BR_ERR_BAD_STATE: return "TLS engine in a bad state";
+    case BR_ERR_UNSUPPORTED_VERSION: return "no TLS version in common with the peer";
+    case BR_ERR_BAD_VERSION: return "peer switched TLS versions";
+    case BR_ERR_BAD_LENGTH: return "malformed TLS record length";
+    case BR_ERR_TOO_LARGE: return "TLS record too large";
+    case BR_ERR_BAD_MAC: return "TLS record failed its integrity check";
+    case BR_ERR_NO_RANDOM: return "no entropy source for TLS";
+    case BR_ERR_UNKNOWN_TYPE: return "unknown TLS record type (peer may not speak TLS)";
+    case BR_ERR_UNEXPECTED: return "unexpected TLS message";
+    case BR_ERR_BAD_CCS: return "malformed ChangeCipherSpec";
+    case BR_ERR_BAD_ALERT: return "malformed TLS alert";
+    case BR_ERR_BAD_HANDSHAKE: return "malformed TLS handshake message";
+    case BR_ERR_OVERSIZED_ID: return "oversized TLS session id";
+    case BR_ERR_BAD_CIPHER_SUITE: return "no acceptable cipher suite in common";
+    case BR_ERR_BAD_COMPRESSION: return "unsupported TLS compression";
+    case BR_ERR_BAD_FRAGLEN: return "bad maximum fragment length";
+    case BR_ERR_BAD_SECRENEG: return "secure renegotiation failed";
+    case BR_ERR_EXTRA_EXTENSION: return "peer sent an unexpected TLS extension";
+    case BR_ERR_BAD_SNI: return "malformed server name indication";
+    case BR_ERR_BAD_HELLO_DONE: return "malformed ServerHelloDone";
+    case BR_ERR_LIMIT_EXCEEDED: return "TLS implementation limit exceeded";
+    case BR_ERR_BAD_FINISHED: return "TLS Finished message mismatch";
+    case BR_ERR_RESUME_MISMATCH: return "resumed session parameters mismatch";
+    case BR_ERR_INVALID_ALGORITHM: return "unsupported algorithm";
+    case BR_ERR_BAD_SIGNATURE: return "bad handshake signature";
+    case BR_ERR_WRONG_KEY_USAGE: return "certificate key usage does not allow the cipher suite";
+    case BR_ERR_NO_CLIENT_AUTH: return "peer requires a client certificate";
+    case BR_ERR_IO: return "I/O error";
+    default: return NULL;
+    }
+}
+
+/* Turns BearSSL's error code into c->err. */
+static void describe_engine_error(tls_conn *c, int e)
+{
+    const char *stage = c->hs_done ? "TLS connection failed" : "TLS handshake failed";
+    const char *txt;
+    if (e == BR_ERR_X509_EXPIRED)
+        snprintf(c->err, sizeof c->err, "certificate has expired or is not yet valid");
+    else if (e == BR_ERR_X509_BAD_SERVER_NAME)
+        snprintf(c->err, sizeof c->err, "certificate is not for host %s", c->server_name);
+    else if (e == BR_ERR_X509_NOT_TRUSTED)
+        snprintf(c->err, sizeof c->err, "certificate chain is not trusted");
+    else if (e >= BR_ERR_X509_OK && e < BR_ERR_X509_OK + 32)
+        snprintf(c->err, sizeof c->err, "certificate rejected (BearSSL error %d)", e);
+    else if (e >= BR_ERR_SEND_FATAL_ALERT)
+        snprintf(c->err, sizeof c->err, "%s: sent alert %s (%d)", stage,
+                 alert_name(e - BR_ERR_SEND_FATAL_ALERT), e - BR_ERR_SEND_FATAL_ALERT);
+    else if (e >= BR_ERR_RECV_FATAL_ALERT)
+        snprintf(c->err, sizeof c->err, "%s: peer sent alert %s (%d)", stage,
+                 alert_name(e - BR_ERR_RECV_FATAL_ALERT), e - BR_ERR_RECV_FATAL_ALERT);
+    else if ((txt = engine_error_text(e)) != NULL)
+        snprintf(c->err, sizeof c->err, "%s: %s (BearSSL error %d)", stage, txt, e);
+    else
+        snprintf(c->err, sizeof c->err, "%s (BearSSL error %d)", stage, e);
+}
+
+static void cache_forget(tls_session_cache *cache)
+{
+    explicit_bzero(&cache->params, sizeof cache->params);
+    cache->valid = false;
+}
+
+static void fail_with(tls_conn *c, int err_no, const char *msg)
+{
+    if (c->failed)
+        return;
+    c->failed = true;
+    c->fail_errno = err_no;
+    snprintf(c->err, sizeof c->err, "%s", msg);
+    /* A session that ends in a failed handshake is not worth offering again. */
+    if (!c->hs_done && c->cache != NULL)
+        cache_forget(c->cache);
+}
+
+static void fail_engine(tls_conn *c, int e)
+{
+    if (c->failed)
+        return;
+    char msg[sizeof c->err];
+    describe_engine_error(c, e);
+    memcpy(msg, c->err, sizeof msg);
+    fail_with(c, EPROTO, msg);
+}
+
+static void fail_io(tls_conn *c, int e)
+{
+    char msg[sizeof c->err];
+    snprintf(msg, sizeof msg, "socket error%s: %s", c->hs_done ? "" : " during TLS handshake",
+             strerror(e));
+    fail_with(c, e, msg);
+}
+
+static void fail_eof_in_handshake(tls_conn *c)
+{
+    fail_with(c, ECONNRESET, "connection closed by peer during TLS handshake");
+}
+
+/* Marks the handshake done the first time the engine lets application data
+ * through, and settles resumption and the session cache at that point. */
+static void note_handshake(tls_conn *c)
+{
+    if (c->hs_done)
+        return;
+    unsigned st = br_ssl_engine_current_state(c->eng);
+    if (!(st & (BR_SSL_SENDAPP | BR_SSL_RECVAPP)))
+        return;
+    c->hs_done = true;
+    if (!c->is_client)
+        return;
+    br_ssl_session_parameters sp;
+    br_ssl_engine_get_session_parameters(c->eng, &sp);
+    /* BearSSL's client resumes exactly when the ServerHello echoes the id
+     * it offered; a full handshake replaces the id (or empties it). */
+    c->resumed = c->offered_len > 0 && sp.session_id_len == c->offered_len &&
+                 memcmp(sp.session_id, c->offered_id, c->offered_len) == 0;
+    if (c->cache != NULL) {
+        if (sp.session_id_len > 0) {
+            c->cache->params = sp;
+            c->cache->valid = true;
+        } else {
+            cache_forget(c->cache);
+        }
+    }
+    explicit_bzero(&sp, sizeof sp);
+}
+
+/* Moves records between the engine and the socket until neither direction
+ * progresses. Never blocks. Returns the bytes moved (0 when nothing could
+ * move), or -1 after recording a failure. Sets c->eof on EOF. */
+static ssize_t pump(tls_conn *c, int fd, bool may_read)
+{
+    size_t moved = 0;
+    for (;;) {
+        bool progress = false;
+        size_t len;
+        unsigned char *p = br_ssl_engine_sendrec_buf(c->eng, &len);
+        if (p != NULL && !c->peer_closed) {
+            ssize_t n = sock_send(fd, p, len);
+            if (n > 0) {
+                br_ssl_engine_sendrec_ack(c->eng, (size_t)n);
+                moved += (size_t)n;
+                progress = true;
+            } else if (n < 0 && !would_block(errno)) {
+                size_t dummy;
+                /* Engine takes no more input: the peer's close_notify came
+                 * in and we were only answering it. That is a clean end. */
+                if ((errno == EPIPE || errno == ECONNRESET) && c->hs_done &&
+                    br_ssl_engine_recvrec_buf(c->eng, &dummy) == NULL &&
+                    br_ssl_engine_recvapp_buf(c->eng, &dummy) == NULL) {
+                    c->peer_closed = true;
+                    return (ssize_t)moved;
+                }
+                fail_io(c, errno);
+                return -1;
+            }
+        }
+        if (may_read) {
+            p = br_ssl_engine_recvrec_buf(c->eng, &len);
+            if (p != NULL && c->rpos < c->rlen) {
+                size_t n = c->rlen - c->rpos < len ? c->rlen - c->rpos : len;
+                memcpy(p, c->rbuf + c->rpos, n);
+                c->rpos += n;
+                br_ssl_engine_recvrec_ack(c->eng, n);
+                moved += n;
+                progress = true;
+            } else if (p != NULL && !c->eof) {
+                /* The engine asks for one record header or body at a time;
+                 * small ones go through rbuf so that a burst of small SSE
+                 * records costs one read(), large bodies land directly. */
+                bool direct = len >= sizeof c->rbuf;
+                ssize_t n = sock_recv(fd, direct ? p : c->rbuf, direct ? len : sizeof c->rbuf);
+                if (n > 0) {
+                    if (direct) {
+                        br_ssl_engine_recvrec_ack(c->eng, (size_t)n);
+                    } else {
+                        c->rpos = 0;
+                        c->rlen = (size_t)n;
+                    }
+                    moved += (size_t)n;
+                    progress = true;
+                } else if (n == 0) {
+                    c->eof = true;
+                } else if (!would_block(errno)) {
+                    fail_io(c, errno);
+                    return -1;
+                }
+            }
+        }
+        if (!progress)
+            return (ssize_t)moved;
+    }
+}
+
+/* Notices a closed or failed engine. Returns -1 (errno set) on failure,
+ * 0 when the engine closed cleanly, 1 while open. */
+static int engine_status(tls_conn *c)
+{
+    if (c->failed) {
+        errno = c->fail_errno;
+        return -1;
+    }
+    if (br_ssl_engine_current_state(c->eng) & BR_SSL_CLOSED) {
+        int e = br_ssl_engine_last_error(c->eng);
+        if (e != BR_ERR_OK)
+            fail_engine(c, e);
+        else if (!c->hs_done)
+            fail_eof_in_handshake(c);
+        else
+            return 0;
+        errno = c->fail_errno;
+        return -1;
+    }
+    if (c->eof && !c->hs_done) {
+        fail_eof_in_handshake(c);
+        errno = c->fail_errno;
+        return -1;
+    }
+    return c->peer_closed ? 0 : 1;
+}
+
+/* ---- trust anchors ----------------------------------------------------- */
+
+typedef struct {
+    unsigned char *buf;
+    size_t len, cap;
+    bool oom;
+} byte_buf;
+
+static void dn_append(void *ctx, const void *src, size_t len)
+{
+    byte_buf *b = ctx;
+    if (b->oom || len == 0)
+        return;
+    if (len > b->cap - b->len) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (len > cap - b->len)
+            cap *= 2;
+        unsigned char *nb = realloc(b->buf, cap);
+        if (nb == NULL) {
+            b->oom = true;
+            return;
+        }
+        b->buf = nb;
+        b->cap = cap;
+    }
+    memcpy(b->buf + b->len, src, len);
+    b->len += len;
+}
+
+static bool is_cert_name(const char *name)
+{
+    return strcmp(name, "CERTIFICATE") == 0 || strcmp(name, "X509 CERTIFICATE") == 0;
+}
+
+/* Decodes one certificate into an anchor whose DN and key bytes live in a
+ * single allocation (freed through dn.data). Returns 0 or -1. */
+static int make_anchor(br_x509_trust_anchor *ta, const unsigned char *der, size_t len)
+{
+    br_x509_decoder_context dc;
+    byte_buf dn = { 0 };
+    br_x509_decoder_init(&dc, dn_append, &dn);
+    br_x509_decoder_push(&dc, der, len);
+    const br_x509_pkey *pk = br_x509_decoder_get_pkey(&dc);
+    size_t k1, k2;
+    if (pk == NULL || dn.oom)
+        goto bad;
+    if (pk->key_type == BR_KEYTYPE_RSA) {
+        k1 = pk->key.rsa.nlen;
+        k2 = pk->key.rsa.elen;
+    } else if (pk->key_type == BR_KEYTYPE_EC) {
+        k1 = pk->key.ec.qlen;
+        k2 = 0;
+    } else {
+        goto bad;
+    }
+    unsigned char *mem = malloc(dn.len + k1 + k2 + 1);
+    if (mem == NULL)
+        goto bad;
+    if (dn.len > 0)
+        memcpy(mem, dn.buf, dn.len);
+    *ta = (br_x509_trust_anchor){ 0 };
+    ta->dn.data = mem;
+    ta->dn.len = dn.len;
+    ta->flags = br_x509_decoder_isCA(&dc) ? BR_X509_TA_CA : 0;
+    ta->pkey.key_type = pk->key_type;
+    if (pk->key_type == BR_KEYTYPE_RSA) {
+        ta->pkey.key.rsa.n = mem + dn.len;
+        ta->pkey.key.rsa.nlen = k1;
+        memcpy(ta->pkey.key.rsa.n, pk->key.rsa.n, k1);
+        ta->pkey.key.rsa.e = mem + dn.len + k1;
+        ta->pkey.key.rsa.elen = k2;
+        memcpy(ta->pkey.key.rsa.e, pk->key.rsa.e, k2);
+    } else {
+        ta->pkey.key.ec.curve = pk->key.ec.curve;
+        ta->pkey.key.ec.q = mem + dn.len;
+        ta->pkey.key.ec.qlen = k1;
+        memcpy(ta->pkey.key.ec.q, pk->key.ec.q, k1);
+    }
+    free(dn.buf);
+    return 0;
+bad:
+    free(dn.buf);
+    return -1;
+}
+
+tls_trust *tls_trust_load(const char *pem_path, const char **why)
+{
+    pem_object *objs;
+    size_t n;
+    if (pem_read_file(pem_path, "CA file", &objs, &n, load_why, sizeof load_why) < 0) {
+        *why = load_why;
+        return NULL;
+    }
+    tls_trust *t = calloc(1, sizeof *t);
+    if (t != NULL)
+        t->tas = calloc(n ? n : 1, sizeof *t->tas);
+    if (t == NULL || t->tas == NULL) {
+        free(t);
+        pem_free(objs, n);
+        snprintf(load_why, sizeof load_why, "out of memory loading CA file %s", pem_path);
+        *why = load_why;
+        return NULL;
+    }
+    size_t certs = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!is_cert_name(objs[i].name))
+            continue;
+        certs++;
+        /* A bundle may hold certificates BearSSL cannot parse; skip them. */
+        if (make_anchor(&t->tas[t->count], objs[i].der, objs[i].len) == 0)
+            t->count++;
+    }
+    pem_free(objs, n);
+    if (t->count == 0) {
+        if (certs == 0)
+            snprintf(load_why, sizeof load_why, "no certificates in %s", pem_path);
+        else
+            snprintf(load_why, sizeof load_why,
+                     "no usable certificates in %s (%zu could not be decoded)", pem_path,
+                     certs);
+        *why = load_why;
+        tls_trust_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+size_t tls_trust_count(const tls_trust *t)
+{
+    return t ? t->count : 0;
+}
+
+void tls_trust_free(tls_trust *t)
+{
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < t->count; i++)
+        free(t->tas[i].dn.data);
+    free(t->tas);
+    free(t);
+}
+
+/* ---- server credentials ------------------------------------------------ */
+
+static bool is_key_name(const char *name)
+{
+    return strcmp(name, "EC PRIVATE KEY") == 0 || strcmp(name, "PRIVATE KEY") == 0 ||
+           strcmp(name, "RSA PRIVATE KEY") == 0;
+}
+
+/* Copies the decoded private key into memory the credential owns. */
+static int copy_key(tls_server_cred *cr, const br_skey_decoder_context *kc)
+{
+    cr->key_type = br_skey_decoder_key_type(kc);
+    if (cr->key_type == BR_KEYTYPE_EC) {
+        const br_ec_private_key *k = br_skey_decoder_get_ec(kc);
+        cr->key_mem_len = k->xlen;
+        cr->key_mem = malloc(k->xlen + 1);
+        if (cr->key_mem == NULL)
+            return -1;
+        memcpy(cr->key_mem, k->x, k->xlen);
+        cr->ec = (br_ec_private_key){ k->curve, cr->key_mem, k->xlen };
+        return 0;
+    }
+    const br_rsa_private_key *k = br_skey_decoder_get_rsa(kc);
+    if (k == NULL)
+        return -1;
+    cr->key_mem_len = k->plen + k->qlen + k->dplen + k->dqlen + k->iqlen;
+    unsigned char *m = malloc(cr->key_mem_len + 1);
+    if (m == NULL)
+        return -1;
+    cr->key_mem = m;
+    cr->rsa.n_bitlen = k->n_bitlen;
+    memcpy(m, k->p, k->plen);
+    cr->rsa.p = m;
+    cr->rsa.plen = k->plen;
+    m += k->plen;
+    memcpy(m, k->q, k->qlen);
+    cr->rsa.q = m;
+    cr->rsa.qlen = k->qlen;
+    m += k->qlen;
+    memcpy(m, k->dp, k->dplen);
+    cr->rsa.dp = m;
+    cr->rsa.dplen = k->dplen;
+    m += k->dplen;
+    memcpy(m, k->dq, k->dqlen);
+    cr->rsa.dq = m;
+    cr->rsa.dqlen = k->dqlen;
+    m += k->dqlen;
+    memcpy(m, k->iq, k->iqlen);
+    cr->rsa.iq = m;
+    cr->rsa.iqlen = k->iqlen;
+    return 0;
+}
+
+/* Fills the chain from a PEM file; takes ownership of the DER buffers. */
+static int load_chain(tls_server_cred *cr, const char *path)
+{
+    pem_object *objs;
+    size_t n;
+    if (pem_read_file(path, "certificate file", &objs, &n, load_why, sizeof load_why) < 0)
+        return -1;
+    cr->chain = calloc(n ? n : 1, sizeof *cr->chain);
+    if (cr->chain == NULL) {
+        pem_free(objs, n);
+        snprintf(load_why, sizeof load_why, "out of memory loading %s", path);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!is_cert_name(objs[i].name))
+            continue;
+        cr->chain[cr->chain_len++] = (br_x509_certificate){ objs[i].der, objs[i].len };
+        objs[i].der = NULL;
+        objs[i].len = 0;
+    }
+    pem_free(objs, n);
+    if (cr->chain_len == 0) {
+        snprintf(load_why, sizeof load_why, "no certificates in %s", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Returns the leaf's public key type and records who signed it. */
+static int inspect_leaf(tls_server_cred *cr, const char *path)
+{
+    br_x509_decoder_context dc;
+    br_x509_decoder_init(&dc, NULL, NULL);
+    br_x509_decoder_push(&dc, cr->chain[0].data, cr->chain[0].data_len);
+    const br_x509_pkey *pk = br_x509_decoder_get_pkey(&dc);
+    if (pk == NULL) {
+        snprintf(load_why, sizeof load_why,
+                 "cannot decode the first certificate in %s (BearSSL error %d)", path,
+                 br_x509_decoder_last_error(&dc));
+        return -1;
+    }
+    int signer = br_x509_decoder_get_signer_key_type(&dc);
+    cr->issuer_key_type = signer == BR_KEYTYPE_RSA ? BR_KEYTYPE_RSA : BR_KEYTYPE_EC;
+    return pk->key_type;
+}
+
+static int load_key(tls_server_cred *cr, const char *path)
+{
+    pem_object *objs;
+    size_t n;
+    if (pem_read_file(path, "key file", &objs, &n, load_why, sizeof load_why) < 0)
+        return -1;
+    const pem_object *key = NULL;
+    bool encrypted = false;
+    for (size_t i = 0; i < n && key == NULL; i++) {
+        if (is_key_name(objs[i].name))
+            key = &objs[i];
+        else if (strcmp(objs[i].name, "ENCRYPTED PRIVATE KEY") == 0)
+            encrypted = true;
+    }
+    int rc = -1;
+    if (key == NULL) {
+        snprintf(load_why, sizeof load_why,
+                 encrypted ? "encrypted private key in %s is not supported"
+                           : "no private key in %s",
+                 path);
+    } else {
+        br_skey_decoder_context kc;
+        br_skey_decoder_init(&kc);
+        br_skey_decoder_push(&kc, key->der, key->len);
+        int e = br_skey_decoder_last_error(&kc);
+        if (e != 0)
+            snprintf(load_why, sizeof load_why,
+                     "cannot decode private key in %s (BearSSL error %d)", path, e);
+        else if (copy_key(cr, &kc) < 0)
+            snprintf(load_why, sizeof load_why, "out of memory loading %s", path);
+        else
+            rc = 0;
+        explicit_bzero(&kc, sizeof kc); /* held the private key */
+    }
+    pem_free(objs, n);
+    return rc;
+}
+
+tls_server_cred *tls_server_cred_load(const char *chain_path, const char *key_path,
+                                      const char **why)
+{
+    tls_server_cred *cr = calloc(1, sizeof *cr);
+    if (cr == NULL) {
+        snprintf(load_why, sizeof load_why, "out of memory");
+        goto fail;
+    }
+    if (load_chain(cr, chain_path) < 0)
+        goto fail;
+    int leaf_type = inspect_leaf(cr, chain_path);
+    if (leaf_type < 0 || load_key(cr, key_path) < 0)
+        goto fail;
+    if (leaf_type != cr->key_type) {
+        snprintf(load_why, sizeof load_why,
+                 "private key in %s is %s but the certificate in %s holds an %s key", key_path,
+                 cr->key_type == BR_KEYTYPE_EC ? "EC" : "RSA", chain_path,
+                 leaf_type == BR_KEYTYPE_EC ? "EC" : "RSA");
+        goto fail;
+    }
+    cr->lru = calloc(1, sizeof *cr->lru);
+    cr->lru_store = calloc(SERVER_CACHE_ENTRIES, 100);
+    if (cr->lru == NULL || cr->lru_store == NULL) {
+        snprintf(load_why, sizeof load_why, "out of memory");
+        goto fail;
+    }
+    br_ssl_session_cache_lru_init(cr->lru, cr->lru_store, (size_t)SERVER_CACHE_ENTRIES * 100);
+    return cr;
+fail:
+    tls_server_cred_free(cr);
+    *why = load_why;
+    return NULL;
+}
+
+void tls_server_cred_free(tls_server_cred *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < c->chain_len; i++)
+        free(c->chain[i].data);
+    free(c->chain);
+    if (c->key_mem != NULL)
+        explicit_bzero(c->key_mem, c->key_mem_len);
+    free(c->key_mem);
+    if (c->lru_store != NULL)
+        explicit_bzero(c->lru_store, (size_t)SERVER_CACHE_ENTRIES * 100);
+    free(c->lru_store);
+    free(c->lru);
+    free(c);
+}
+
+/* ---- session cache ----------------------------------------------------- */
+
+tls_session_cache *tls_session_cache_new(void)
+{
+    return calloc(1, sizeof(tls_session_cache));
+}
+
+void tls_session_cache_free(tls_session_cache *c)
+{
+    if (c == NULL)
+        return;
+    cache_forget(c);
+    free(c);
+}
+
+/* ---- connections ------------------------------------------------------- */
+
+tls_conn *tls_client_new(const tls_trust *trust, const char *server_name,
+                         tls_session_cache *cache)
+{
+    tls_conn *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->is_client = true;
+    c->eng = &c->u.cli.cc.eng;
+    c->cache = cache;
+    if (server_name == NULL)
+        server_name = "";
+    snprintf(c->server_name, sizeof c->server_name, "%s", server_name);
+
+    br_ssl_client_init_full(&c->u.cli.cc, &c->u.cli.xc, trust ? trust->tas : NULL,
+                            trust ? trust->count : 0);
+    br_ssl_engine_set_buffer(c->eng, c->iobuf, sizeof c->iobuf, 1);
+    br_ssl_engine_add_flags(c->eng, BR_OPT_NO_RENEGOTIATION);
+    /* The caller needs the name checked: BearSSL skips the check when it
+     * gets no name, so refuse that rather than connect unverified. */
+    if (server_name[0] == '\0') {
+        fail_with(c, EINVAL, "no server name to verify the certificate against");
+        return c;
+    }
+    if (strlen(server_name) >= sizeof c->server_name) {
+        fail_with(c, EINVAL, "server name too long for TLS");
+        return c;
+    }
+    int resume = 0;
+    if (cache != NULL && cache->valid) {
+        br_ssl_engine_set_session_parameters(c->eng, &cache->params);
+        c->offered_len = cache->params.session_id_len;
+        memcpy(c->offered_id, cache->params.session_id, c->offered_len);
+        resume = 1;
+    }
+    if (!br_ssl_client_reset(&c->u.cli.cc, server_name, resume))
+        fail_engine(c, br_ssl_engine_last_error(c->eng));
+    return c;
+}
+
+tls_conn *tls_server_new(const tls_server_cred *cred)
+{
+    tls_conn *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->eng = &c->u.sc.eng;
+    if (cred->key_type == BR_KEYTYPE_EC)
+        br_ssl_server_init_full_ec(&c->u.sc, cred->chain, cred->chain_len,
+                                   cred->issuer_key_type, &cred->ec);
+    else
+        br_ssl_server_init_full_rsa(&c->u.sc, cred->chain, cred->chain_len, &cred->rsa);
+    br_ssl_engine_set_buffer(c->eng, c->iobuf, sizeof c->iobuf, 1);
+    br_ssl_engine_add_flags(c->eng, BR_OPT_NO_RENEGOTIATION);
+    br_ssl_server_set_cache(&c->u.sc, &cred->lru->vtable);
+    if (!br_ssl_server_reset(&c->u.sc))
+        fail_engine(c, br_ssl_engine_last_error(c->eng));
+    return c;
+}
+
+void tls_free(tls_conn *c)
+{
+    if (c == NULL)
+        return;
+    /* The engine holds session keys and plaintext. */
+    explicit_bzero(c, sizeof *c);
+    free(c);
+}
+
+ssize_t tls_read(tls_conn *c, int fd, void *buf, size_t cap)
+{
+    if (cap == 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (;;) {
+        size_t avail;
+        unsigned char *p = br_ssl_engine_recvapp_buf(c->eng, &avail);
+        if (p != NULL) {
+            size_t n = avail < cap ? avail : cap;
+            memcpy(buf, p, n);
+            br_ssl_engine_recvapp_ack(c->eng, n);
+            note_handshake(c);
+            /* Freeing input space may let the engine queue records (e.g.
+             * an alert); push them now. A failure shows on the next call. */
+            (void)pump(c, fd, false);
+            return (ssize_t)n;
+        }
+        int s = engine_status(c);
+        if (s < 0)
+            return -1;
+        if (s == 0)
+            return 0;
+        if (c->eof) {
+            /* EOF after the handshake without close_notify: reported as a
+             * plain EOF; HTTP framing above catches truncated bodies. */
+            if (c->err[0] == '\0')
+                snprintf(c->err, sizeof c->err, "connection closed without TLS close_notify");
+            return 0;
+        }
+        ssize_t moved = pump(c, fd, true);
+        note_handshake(c);
+        if (moved < 0)
+            continue; /* engine_status reports it */
+        if (moved == 0 && !c->eof) {
+            errno = EAGAIN;
+            return -1;
+        }
+    }
+}
+
+ssize_t tls_write(tls_conn *c, int fd, const void *buf, size_t len)
+{
+    const unsigned char *src = buf;
+    size_t taken = 0;
+    if (len == 0)
+        return 0;
+    for (;;) {
+        int s = engine_status(c);
+        if (s <= 0) {
+            if (taken > 0)
+                return (ssize_t)taken; /* the failure shows on the next call */
+            if (s == 0) {
+                if (c->err[0] == '\0')
+                    snprintf(c->err, sizeof c->err, "TLS connection already closed");
+                errno = EPIPE;
+            }
+            return -1;
+        }
+        size_t room;
+        unsigned char *p = br_ssl_engine_sendapp_buf(c->eng, &room);
+        if (p != NULL && taken < len) {
+            size_t n = len - taken < room ? len - taken : room;
+            memcpy(p, src + taken, n);
+            br_ssl_engine_sendapp_ack(c->eng, n);
+            taken += n;
+            /* Each write is a record on the wire now: SSE chunks must not
+             * linger in the engine waiting for more data. */
+            br_ssl_engine_flush(c->eng, 0);
+        }
+        /* Reading is needed only to drive the handshake; afterwards input
+         * waits for tls_read. */
+        ssize_t moved = pump(c, fd, !c->hs_done);
+        note_handshake(c);
+        if (moved < 0)
+            continue;
+        if (taken == len)
+            return (ssize_t)taken;
+        if (c->eof && !c->hs_done)
+            continue; /* engine_status turns it into a failure */
+        if (moved == 0 && br_ssl_engine_sendapp_buf(c->eng, &room) == NULL)
+            break; /* socket full or handshake waiting on the peer */
+    }
+    if (taken > 0)
+        return (ssize_t)taken;
+    errno = EAGAIN;
+    return -1;
+}
+
+int tls_flush(tls_conn *c, int fd)
+{
+    int s = engine_status(c);
+    if (s < 0)
+        return -1;
+    if (s == 0)
+        return 0; /* closed: nothing more can be sent */
+    br_ssl_engine_flush(c->eng, 0);
+    ssize_t moved = pump(c, fd, !c->hs_done);
+    note_handshake(c);
+    if (moved < 0 || engine_status(c) < 0)
+        return -1;
+    size_t len;
+    if (!c->peer_closed && br_ssl_engine_sendrec_buf(c->eng, &len) != NULL) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return 0;
+}
+
+uint32_t tls_events(const tls_conn *c)
+{
+    unsigned st = br_ssl_engine_current_state(c->eng);
+    /* Nothing left to wait for: ask for both so the caller wakes at once and
+     * learns the outcome from tls_read/tls_write/tls_flush. */
+    if (c->failed || c->peer_closed || (st & BR_SSL_CLOSED))
+        return EPOLLIN | EPOLLOUT;
+    if (c->eof)
+        return (st & BR_SSL_SENDREC) ? EPOLLOUT : (EPOLLIN | EPOLLOUT);
+    uint32_t ev = 0;
+    if (st & BR_SSL_SENDREC)
+        ev |= EPOLLOUT;
+    if (st & BR_SSL_RECVREC)
+        ev |= EPOLLIN;
+    return ev;
+}
+
+bool tls_handshake_done(const tls_conn *c)
+{
+    return c->hs_done;
+}
+
+bool tls_resumed(const tls_conn *c)
+{
+    return c->resumed;
+}
+
+const char *tls_error(const tls_conn *c)
+{
+    if (c->err[0] != '\0')
+        return c->err;
+    int e = br_ssl_engine_last_error(c->eng);
+    if (e == BR_ERR_OK)
+        return NULL; /* nothing failed */
+    /* Not yet noticed by a read/write: give the table text without context. */
+    const char *txt = engine_error_text(e);
+    if (txt != NULL)
+        return txt;
+    if (e == BR_ERR_X509_EXPIRED)
+        return "certificate has expired or is not yet valid";
+    if (e == BR_ERR_X509_NOT_TRUSTED)
+        return "certificate chain is not trusted";
+    if (e >= BR_ERR_X509_OK && e < BR_ERR_X509_OK + 32)
+        return "certificate rejected";
+    return "TLS failure";
+}
+
+void tls_close(tls_conn *c, int fd)
+{
+    if (c->failed || (br_ssl_engine_current_state(c->eng) & BR_SSL_CLOSED))
+        return;
+    br_ssl_engine_close(c->eng);
+    (void)pump(c, fd, false);
+}

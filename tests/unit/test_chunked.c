@@ -1,0 +1,305 @@
+/* The chunked transfer coding: decoding in one call, across every split,
+ * in place, and each kind of framing error. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+#include "unit.h"
+
+typedef struct decoded {
+    http_chunked_result result;
+    size_t consumed; /* raw bytes used in total */
+    size_t produced;
+    char out[8192];
+} decoded;
+
+/* One call over an exact-size heap copy into a separate buffer. */
+static void decode_once(const char *in, size_t len, decoded *d)
+{
+    http_chunked st = {0};
+    char *src = malloc(len ? len : 1);
+    memcpy(src, in, len);
+    d->result = http_chunked_decode(&st, d->out, src, len, &d->consumed, &d->produced);
+    free(src);
+}
+
+/* Feeds the input in pieces of the given sizes (the last piece takes what
+ * is left), carrying the state; stops at DONE or ERROR. */
+static void decode_pieces(const char *in, size_t len, const size_t *sizes, size_t nsizes, decoded *d)
+{
+    http_chunked st = {0};
+    size_t off = 0, out = 0, piece = 0;
+    d->result = CHUNKED_MORE;
+    while (off < len) {
+        size_t n = piece < nsizes ? sizes[piece] : len - off;
+        piece++;
+        if (n > len - off)
+            n = len - off;
+        char *src = malloc(n ? n : 1);
+        memcpy(src, in + off, n);
+        size_t used = 0, made = 0;
+        d->result = http_chunked_decode(&st, d->out + out, src, n, &used, &made);
+        free(src);
+        CHECK(made <= used);
+        if (d->result == CHUNKED_MORE)
+            CHECK_EQ_SIZE(used, n); /* everything offered is taken until the end */
+        off += used;
+        out += made;
+        if (d->result != CHUNKED_MORE)
+            break;
+    }
+    d->consumed = off;
+    d->produced = out;
+}
+
+/* `in` is exactly one chunked body. */
+static void check_decodes(const char *in, const char *payload)
+{
+    size_t body_len = strlen(in);
+    decoded d;
+    decode_once(in, strlen(in), &d);
+    CHECK(d.result == CHUNKED_DONE);
+    CHECK_EQ_SIZE(d.consumed, body_len);
+    CHECK_EQ_SIZE(d.produced, strlen(payload));
+    CHECK(memcmp(d.out, payload, strlen(payload)) == 0);
+}
+
+TEST(chunked_valid_bodies)
+{
+    check_decodes("5\r\nhello\r\n0\r\n\r\n", "hello");
+    check_decodes("0\r\n\r\n", "");
+    check_decodes("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "hello world");
+    check_decodes("A\r\n0123456789\r\na\r\nabcdefghij\r\n0\r\n\r\n", "0123456789abcdefghij");
+    check_decodes("00005\r\nhello\r\n000\r\n\r\n", "hello");
+    /* extensions, with and without values, quoted, and whitespace before them */
+    check_decodes("5;name=value\r\nhello\r\n0;last\r\n\r\n", "hello");
+    check_decodes("5 ; a=\"q s\" ;b\r\nhello\r\n0\r\n\r\n", "hello");
+    /* trailers */
+    check_decodes("5\r\nhello\r\n0\r\nX-Trailer: 1\r\nY: two\r\n\r\n", "hello");
+    /* bare LF line ends are tolerated */
+    check_decodes("5\nhello\n0\n\n", "hello");
+    check_decodes("5;x\nhello\r\n0\nT: v\n\n", "hello");
+    /* data holding CR, LF and NUL bytes passes through untouched */
+    static const char bin[] = "4\r\n\r\n\0\n\r\n0\r\n\r\n";
+    decoded d;
+    decode_once(bin, sizeof bin - 1, &d);
+    CHECK(d.result == CHUNKED_DONE);
+    CHECK_EQ_SIZE(d.produced, 4);
+    CHECK(memcmp(d.out, "\r\n\0\n", 4) == 0);
+}
+
+TEST(chunked_stops_at_end_of_body)
+{
+    /* Bytes after the final CRLF belong to the next message. */
+    const char *in = "3\r\nabc\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n";
+    decoded d;
+    decode_once(in, strlen(in), &d);
+    CHECK(d.result == CHUNKED_DONE);
+    CHECK_EQ_SIZE(d.consumed, 13);
+    CHECK_EQ_SIZE(d.produced, 3);
+    /* A decoder that is done takes nothing more. */
+    http_chunked st = {0};
+    char out[32];
+    size_t used, made;
+    CHECK(http_chunked_decode(&st, out, in, 13, &used, &made) == CHUNKED_DONE);
+    CHECK(st.state == CHUNK_DONE);
+    CHECK(http_chunked_decode(&st, out, in + 13, 5, &used, &made) == CHUNKED_DONE);
+    CHECK_EQ_SIZE(used, 0);
+    CHECK_EQ_SIZE(made, 0);
+    /* An empty call changes nothing. */
+    http_chunked fresh = {0};
+    CHECK(http_chunked_decode(&fresh, out, in, 0, &used, &made) == CHUNKED_MORE);
+    CHECK_EQ_SIZE(used, 0);
+}
+
+static const char *const split_inputs[] = {
+    "5\r\nhello\r\n0\r\n\r\n",
+    "1a;ext=1;q=\"x y\"\r\nabcdefghijklmnopqrstuvwxyz\r\n3\r\n\r\n\r\r\n0;e\r\nTrailer-A: x\r\nB: y\r\n\r\n",
+    "5\nhello\n2\r\nhi\n0\nT: 1\n\n",
+    "0\r\n\r\n",
+};
+
+TEST(chunked_every_split)
+{
+    for (size_t t = 0; t < sizeof split_inputs / sizeof split_inputs[0]; t++) {
+        const char *in = split_inputs[t];
+        size_t len = strlen(in);
+        decoded whole, part;
+        decode_once(in, len, &whole);
+        CHECK(whole.result == CHUNKED_DONE);
+        CHECK_EQ_SIZE(whole.consumed, len);
+        /* two pieces, at every split point */
+        for (size_t k = 0; k <= len; k++) {
+            size_t sizes[1] = {k};
+            decode_pieces(in, len, sizes, 1, &part);
+            if (part.result != CHUNKED_DONE || part.produced != whole.produced || part.consumed != len ||
+                memcmp(part.out, whole.out, whole.produced) != 0)
+                unit_fail(__FILE__, __LINE__, "input %zu split at %zu: result %d, %zu bytes", t, k,
+                          (int)part.result, part.produced);
+        }
+        /* three pieces, at every pair of split points */
+        for (size_t i = 0; i <= len; i++)
+            for (size_t j = 0; i + j <= len; j++) {
+                size_t sizes[2] = {i, j};
+                decode_pieces(in, len, sizes, 2, &part);
+                if (part.result != CHUNKED_DONE || part.produced != whole.produced ||
+                    memcmp(part.out, whole.out, whole.produced) != 0)
+                    unit_fail(__FILE__, __LINE__, "input %zu split at %zu+%zu", t, i, j);
+            }
+        /* one byte at a time */
+        size_t ones[256];
+        for (size_t i = 0; i < 256; i++)
+            ones[i] = 1;
+        decode_pieces(in, len, ones, len < 256 ? len : 256, &part);
+        CHECK(part.result == CHUNKED_DONE);
+        CHECK_EQ_SIZE(part.produced, whole.produced);
+        CHECK(memcmp(part.out, whole.out, whole.produced) == 0);
+    }
+}
+
+TEST(chunked_in_place)
+{
+    /* dst == src: the payload ends up at the front of the same buffer. */
+    const char *in = split_inputs[1];
+    size_t len = strlen(in);
+    decoded whole;
+    decode_once(in, len, &whole);
+    char *buf = malloc(len);
+    memcpy(buf, in, len);
+    http_chunked st = {0};
+    size_t used, made;
+    CHECK(http_chunked_decode(&st, buf, buf, len, &used, &made) == CHUNKED_DONE);
+    CHECK_EQ_SIZE(made, whole.produced);
+    CHECK(memcmp(buf, whole.out, made) == 0);
+    free(buf);
+}
+
+TEST(chunked_in_place_as_bytes_arrive)
+{
+    /* The relay's way: raw bytes land after what is already decoded, and each
+     * call decodes from raw_start down to dec_end (dst < src once framing has
+     * been removed), for every arrival pattern of one byte or a few. */
+    const char *in = "3\r\nabc\r\n4;x=y\r\ndefg\r\n1\r\nh\r\n0\r\nT: v\r\n\r\n";
+    size_t len = strlen(in);
+    for (size_t step = 1; step <= len; step++) {
+        char *buf = malloc(len);
+        http_chunked st = {0};
+        size_t have = 0, raw_start = 0, dec_end = 0;
+        http_chunked_result r = CHUNKED_MORE;
+        while (have < len && r == CHUNKED_MORE) {
+            size_t n = step < len - have ? step : len - have;
+            memcpy(buf + have, in + have, n);
+            have += n;
+            size_t used, made;
+            r = http_chunked_decode(&st, buf + dec_end, buf + raw_start, have - raw_start, &used, &made);
+            CHECK(dec_end + made <= raw_start + used);
+            raw_start += used;
+            dec_end += made;
+        }
+        if (r != CHUNKED_DONE || dec_end != 8 || memcmp(buf, "abcdefgh", 8) != 0)
+            unit_fail(__FILE__, __LINE__, "step %zu: result %d, %zu bytes", step, (int)r, dec_end);
+        CHECK_EQ_SIZE(raw_start, len);
+        free(buf);
+    }
+}
+
+static http_chunked_result decode_result(const char *in, size_t len)
+{
+    decoded d;
+    decode_once(in, len, &d);
+    return d.result;
+}
+
+static void check_error(const char *in)
+{
+    size_t len = strlen(in);
+    if (decode_result(in, len) != CHUNKED_ERROR)
+        unit_fail(__FILE__, __LINE__, "accepted \"%s\"", in);
+    /* The error shows the same way when the bytes arrive one by one. */
+    size_t ones[128];
+    for (size_t i = 0; i < 128; i++)
+        ones[i] = 1;
+    decoded d;
+    decode_pieces(in, len, ones, len < 128 ? len : 128, &d);
+    if (d.result != CHUNKED_ERROR)
+        unit_fail(__FILE__, __LINE__, "byte by byte accepted \"%s\"", in);
+}
+
+TEST(chunked_errors)
+{
+    check_error("g\r\n");
+    check_error("5x\r\nhello\r\n0\r\n\r\n");
+    check_error("-5\r\nhello\r\n");
+    check_error("0x5\r\nhello\r\n");
+    check_error(" 5\r\nhello\r\n");
+    check_error("\r\n");
+    check_error(";ext\r\n");
+    check_error("5\r\nhelloX\r\n0\r\n\r\n");     /* missing CRLF after the data */
+    check_error("5\r\nhello\rX\n0\r\n\r\n");
+    check_error("5\r\nhello0\r\n\r\n");
+    check_error("5\rX\nhello\r\n");             /* CR not followed by LF */
+    check_error("5;a\rb\r\nhello\r\n");
+    check_error("0\r\n\rX");
+    check_error("1234567890abcdef\r\n");        /* 16 digits: more than the 15 allowed */
+    check_error("0000000000000000\r\n");
+    check_error("5;a\x01\r\nhello\r\n0\r\n\r\n"); /* a control byte in an extension */
+    check_error("5;a\x7f\r\nhello\r\n0\r\n\r\n");
+    /* 15 digits are fine (leading zeros count) */
+    const char *digits15 = "000000000000001\r\nx\r\n0\r\n\r\n";
+    CHECK(decode_result(digits15, strlen(digits15)) == CHUNKED_DONE);
+
+    /* An oversized extension, and oversized trailers. */
+    size_t big = 5000;
+    char *in = malloc(big + 64);
+    memcpy(in, "5;", 2);
+    memset(in + 2, 'e', big);
+    memcpy(in + 2 + big, "\r\nhello\r\n0\r\n\r\n", 15);
+    CHECK(decode_result(in, big + 16) == CHUNKED_ERROR);
+    memcpy(in, "0\r\nX: ", 6);
+    memset(in + 6, 't', big);
+    memcpy(in + 6 + big, "\r\n\r\n", 4);
+    CHECK(decode_result(in, big + 10) == CHUNKED_ERROR);
+    /* Short ones are fine. */
+    memcpy(in, "5;", 2);
+    memset(in + 2, 'e', 1000);
+    memcpy(in + 1002, "\r\nhello\r\n0\r\n\r\n", 15);
+    CHECK(decode_result(in, 1016) == CHUNKED_DONE);
+    free(in);
+}
+
+TEST(chunked_header_writer)
+{
+    char out[18];
+    size_t n = http_chunk_header(out, 0);
+    CHECK_EQ_SIZE(n, 3);
+    CHECK(memcmp(out, "0\r\n", 3) == 0);
+    n = http_chunk_header(out, 1);
+    CHECK(n == 3 && memcmp(out, "1\r\n", 3) == 0);
+    n = http_chunk_header(out, 255);
+    CHECK(n == 4 && memcmp(out, "ff\r\n", 4) == 0);
+    n = http_chunk_header(out, 0x1000);
+    CHECK(n == 6 && memcmp(out, "1000\r\n", 6) == 0);
+    n = http_chunk_header(out, (size_t)-1);
+    CHECK_EQ_SIZE(n, 2 * sizeof(size_t) + 2);
+    CHECK(memcmp(out, "ffffffffffffffff", 2 * sizeof(size_t)) == 0);
+
+    /* What the writer frames, the decoder reads back. */
+    char body[1024];
+    size_t len = 0;
+    for (size_t size = 1; size < 300; size += 97) {
+        len += http_chunk_header(body + len, size);
+        memset(body + len, 'a' + (int)(size % 26), size);
+        len += size;
+        memcpy(body + len, "\r\n", 2);
+        len += 2;
+    }
+    len += http_chunk_header(body + len, 0);
+    memcpy(body + len, "\r\n", 2);
+    len += 2;
+    decoded d;
+    decode_once(body, len, &d);
+    CHECK(d.result == CHUNKED_DONE);
+    CHECK_EQ_SIZE(d.consumed, len);
+    CHECK_EQ_SIZE(d.produced, 1 + 98 + 195 + 292);
+}

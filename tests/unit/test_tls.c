@@ -1,0 +1,879 @@
+/* tls.c end to end: a client and a server tls_conn over a non-blocking
+ * socketpair, pumped with poll() from one thread. Certificates are made on
+ * the fly with the openssl command line in a temporary directory. */
+#include "tls.h"
+#include "unit.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "arena.h"
+#include "fakeai.h"
+#include "loop.h"
+
+/* ---- fixture: certificates ------------------------------------------------ */
+
+static char fx_dir[64];
+static int fx_state; /* 0 not tried, 1 ready, -1 failed */
+
+static const char gen_script[] =
+    "set -e\n"
+    "cat > x.cnf <<'EOF'\n"
+    "[req]\n"
+    "distinguished_name = dn\n"
+    "prompt = no\n"
+    "[dn]\n"
+    "CN = ssegate test CA\n"
+    "[v3_ca]\n"
+    "basicConstraints = critical, CA:TRUE\n"
+    "keyUsage = critical, keyCertSign, cRLSign\n"
+    "subjectKeyIdentifier = hash\n"
+    "[leaf]\n"
+    "basicConstraints = critical, CA:FALSE\n"
+    "keyUsage = critical, digitalSignature\n"
+    "extendedKeyUsage = serverAuth\n"
+    "subjectAltName = DNS:localhost\n"
+    "[leaf_rsa]\n"
+    "basicConstraints = critical, CA:FALSE\n"
+    "keyUsage = critical, digitalSignature, keyEncipherment\n"
+    "extendedKeyUsage = serverAuth\n"
+    "subjectAltName = DNS:localhost\n"
+    "[ca]\n"
+    "default_ca = testca\n"
+    "[testca]\n"
+    "database = index.txt\n"
+    "new_certs_dir = .\n"
+    "serial = serial\n"
+    "default_md = sha256\n"
+    "policy = anything\n"
+    "[anything]\n"
+    "commonName = supplied\n"
+    "EOF\n"
+    /* CA 1 (EC key in SEC1 form) and a P-256 leaf for localhost (PKCS#8). */
+    "openssl ecparam -name prime256v1 -genkey -noout -out ca.key\n"
+    "openssl req -x509 -new -key ca.key -config x.cnf -extensions v3_ca -days 30 -out ca.pem\n"
+    "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out leaf.key\n"
+    "openssl ec -in leaf.key -out leaf-sec1.key\n"
+    "openssl req -new -key leaf.key -subj /CN=localhost -out leaf.csr\n"
+    "openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30"
+    " -extfile x.cnf -extensions leaf -out leaf.pem\n"
+    "cat leaf.pem ca.pem > chain.pem\n"
+    /* An RSA leaf (PKCS#1 key) under the same CA. */
+    "openssl genrsa -traditional -out rsa.key 2048\n"
+    "openssl req -new -key rsa.key -subj /CN=localhost -out rsa.csr\n"
+    "openssl x509 -req -in rsa.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30"
+    " -extfile x.cnf -extensions leaf_rsa -out rsa.pem\n"
+    "cat rsa.pem ca.pem > rsa-chain.pem\n"
+    /* A leaf for the same key that expired long ago. */
+    ": > index.txt\n"
+    "echo 1000 > serial\n"
+    "openssl ca -batch -config x.cnf -cert ca.pem -keyfile ca.key -in leaf.csr -notext"
+    " -startdate 20200101000000Z -enddate 20200201000000Z -extfile x.cnf -extensions leaf"
+    " -out expired.pem\n"
+    "cat expired.pem ca.pem > expired-chain.pem\n"
+    /* An unrelated CA. */
+    "openssl ecparam -name prime256v1 -genkey -noout -out ca2.key\n"
+    "openssl req -x509 -new -key ca2.key -config x.cnf -extensions v3_ca -subj '/CN=other CA'"
+    " -days 30 -out ca2.pem\n"
+    "printf 'just text\\n' > empty.pem\n";
+
+static void fx_cleanup(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "test_tls: could not remove %s\n", fx_dir);
+}
+
+static bool fixture(void)
+{
+    if (fx_state != 0)
+        return fx_state > 0;
+    fx_state = -1;
+    snprintf(fx_dir, sizeof fx_dir, "/tmp/ssegate-tls-XXXXXX");
+    if (mkdtemp(fx_dir) == NULL)
+        return false;
+    atexit(fx_cleanup);
+    char path[128], cmd[256];
+    snprintf(path, sizeof path, "%s/gen.sh", fx_dir);
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return false;
+    fputs(gen_script, f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "cd '%s' && sh gen.sh > gen.log 2>&1", fx_dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "test_tls: certificate generation failed, see %s/gen.log\n", fx_dir);
+        return false;
+    }
+    fx_state = 1;
+    return true;
+}
+
+/* Path of a fixture file; rotates through a few buffers so that two can be
+ * used in one call. */
+static const char *fx(const char *name)
+{
+    static char bufs[4][128];
+    static unsigned next;
+    char *b = bufs[next++ % 4];
+    snprintf(b, sizeof bufs[0], "%s/%s", fx_dir, name);
+    return b;
+}
+
+/* ---- driving two endpoints --------------------------------------------- */
+
+typedef struct {
+    tls_conn *c;
+    int fd;
+    const unsigned char *out;
+    size_t out_len, out_off;
+    unsigned char *in;
+    size_t in_len, in_cap;
+    bool eof, err;
+    int err_no;
+    unsigned short_writes; /* tls_write took less than offered */
+    size_t chunk;          /* when set, write at most this much per tls_write */
+} side;
+
+static void side_init(side *s, tls_conn *c, int fd)
+{
+    *s = (side){ .c = c, .fd = fd };
+}
+
+static void side_fail(side *s)
+{
+    s->err = true;
+    s->err_no = errno;
+}
+
+/* Does whatever the endpoint can do without blocking. */
+static void side_step(side *s)
+{
+    if (s->err || s->c == NULL)
+        return;
+    while (s->out_off < s->out_len) {
+        size_t want = s->out_len - s->out_off;
+        if (s->chunk > 0 && want > s->chunk)
+            want = s->chunk;
+        ssize_t n = tls_write(s->c, s->fd, s->out + s->out_off, want);
+        if (n < 0) {
+            if (errno != EAGAIN)
+                side_fail(s);
+            break;
+        }
+        if ((size_t)n < want)
+            s->short_writes++;
+        s->out_off += (size_t)n;
+    }
+    if (!s->err && tls_flush(s->c, s->fd) < 0 && errno != EAGAIN)
+        side_fail(s);
+    while (!s->eof && !s->err) {
+        unsigned char tmp[3000]; /* smaller than a record: exercise partial reads */
+        ssize_t n = tls_read(s->c, s->fd, tmp, sizeof tmp);
+        if (n > 0) {
+            if (s->in_len + (size_t)n > s->in_cap) {
+                size_t cap = s->in_cap ? s->in_cap * 2 : 65536;
+                while (cap < s->in_len + (size_t)n)
+                    cap *= 2;
+                s->in = realloc(s->in, cap);
+                s->in_cap = cap;
+            }
+            memcpy(s->in + s->in_len, tmp, (size_t)n);
+            s->in_len += (size_t)n;
+        } else if (n == 0) {
+            s->eof = true;
+        } else {
+            if (errno != EAGAIN)
+                side_fail(s);
+            break;
+        }
+    }
+}
+
+static short poll_events(const side *s)
+{
+    if (s->c == NULL || s->err || s->eof)
+        return 0;
+    uint32_t ev = tls_events(s->c);
+    return (short)(((ev & EPOLLIN) ? POLLIN : 0) | ((ev & EPOLLOUT) ? POLLOUT : 0));
+}
+
+static long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Steps both sides, sleeping in poll() on what the engines ask for, until
+ * done() or 5 s pass. */
+static bool run(side *a, side *b, bool (*done)(const side *, const side *))
+{
+    long deadline = now_ms() + 5000;
+    for (;;) {
+        side_step(a);
+        side_step(b);
+        if (done(a, b))
+            return true;
+        long left = deadline - now_ms();
+        if (left <= 0)
+            return false;
+        struct pollfd pf[2] = { { a->fd, poll_events(a), 0 }, { b->fd, poll_events(b), 0 } };
+        poll(pf, 2, left < 100 ? (int)left : 100);
+    }
+}
+
+static bool both_handshaken(const side *a, const side *b)
+{
+    return a->err || b->err ||
+           (tls_handshake_done(a->c) && tls_handshake_done(b->c) && a->out_off == a->out_len &&
+            b->out_off == b->out_len);
+}
+
+static bool exchanged(const side *a, const side *b)
+{
+    return a->err || b->err || (a->in_len == b->out_len && b->in_len == a->out_len);
+}
+
+static bool client_done(const side *a, const side *b)
+{
+    (void)b;
+    return a->err || a->eof;
+}
+
+static bool both_eof(const side *a, const side *b)
+{
+    return a->err || b->err || (a->eof && b->eof);
+}
+
+typedef struct {
+    int fds[2];
+    side cli, srv;
+} pair;
+
+static bool pair_open(pair *p, tls_conn *client, tls_conn *server)
+{
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, p->fds) < 0)
+        return false;
+    side_init(&p->cli, client, p->fds[0]);
+    side_init(&p->srv, server, p->fds[1]);
+    return true;
+}
+
+static void pair_close(pair *p)
+{
+    tls_free(p->cli.c);
+    tls_free(p->srv.c);
+    free(p->cli.in);
+    free(p->srv.in);
+    if (p->fds[0] >= 0)
+        close(p->fds[0]);
+    if (p->fds[1] >= 0)
+        close(p->fds[1]);
+}
+
+static unsigned char *pattern(size_t len, unsigned seed)
+{
+    unsigned char *b = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        b[i] = (unsigned char)((i * 31 + seed) ^ (i >> 8));
+    return b;
+}
+
+/* A client against a server made from chain/key, run until the client
+ * fails or both finish the handshake; returns the client's error text
+ * (copied) or NULL when the handshake worked. */
+static char *handshake_error(const tls_trust *trust, const char *host, const char *chain,
+                             const char *key)
+{
+    static char msg[400];
+    const char *why = NULL;
+    tls_server_cred *cred = tls_server_cred_load(chain, key, &why);
+    CHECK(cred != NULL);
+    if (cred == NULL)
+        return NULL;
+    pair p;
+    CHECK(pair_open(&p, tls_client_new(trust, host, NULL), tls_server_new(cred)));
+    CHECK(run(&p.cli, &p.srv, both_handshaken));
+    char *ret = NULL;
+    if (p.cli.err) {
+        snprintf(msg, sizeof msg, "%s", tls_error(p.cli.c));
+        CHECK_EQ_SIZE(p.cli.err_no, EPROTO);
+        CHECK(!tls_handshake_done(p.cli.c));
+        ret = msg;
+    }
+    pair_close(&p);
+    tls_server_cred_free(cred);
+    return ret;
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+TEST(tls_trust_load_errors)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    CHECK(tls_trust_load("/nonexistent/ca.pem", &why) == NULL);
+    CHECK(why != NULL && strncmp(why, "cannot open CA file /nonexistent/ca.pem: ", 41) == 0);
+
+    why = NULL;
+    const char *empty = fx("empty.pem");
+    CHECK(tls_trust_load(empty, &why) == NULL);
+    char want[200];
+    snprintf(want, sizeof want, "no certificates in %s", empty);
+    CHECK_STR(why, want);
+
+    /* A key file holds PEM objects but no certificate. */
+    why = NULL;
+    CHECK(tls_trust_load(fx("leaf.key"), &why) == NULL);
+    CHECK(why != NULL && strncmp(why, "no certificates in ", 19) == 0);
+
+    tls_trust *t = tls_trust_load(fx("ca.pem"), &why);
+    CHECK(t != NULL);
+    CHECK_EQ_SIZE(tls_trust_count(t), 1);
+    tls_trust_free(t);
+
+    t = tls_trust_load(fx("chain.pem"), &why);
+    CHECK_EQ_SIZE(tls_trust_count(t), 2);
+    tls_trust_free(t);
+
+    /* The system bundle, when present, should load nearly whole. */
+    if (access("/etc/ssl/certs/ca-certificates.crt", R_OK) == 0) {
+        t = tls_trust_load("/etc/ssl/certs/ca-certificates.crt", &why);
+        CHECK(t != NULL);
+        CHECK(tls_trust_count(t) > 100);
+        tls_trust_free(t);
+    }
+}
+
+TEST(tls_server_cred_formats)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_server_cred *c = tls_server_cred_load(fx("chain.pem"), fx("leaf.key"), &why);
+    CHECK(c != NULL); /* PKCS#8 "PRIVATE KEY" */
+    tls_server_cred_free(c);
+    c = tls_server_cred_load(fx("chain.pem"), fx("leaf-sec1.key"), &why);
+    CHECK(c != NULL); /* "EC PRIVATE KEY" */
+    tls_server_cred_free(c);
+    c = tls_server_cred_load(fx("rsa-chain.pem"), fx("rsa.key"), &why);
+    CHECK(c != NULL); /* "RSA PRIVATE KEY" */
+    tls_server_cred_free(c);
+
+    why = NULL;
+    CHECK(tls_server_cred_load(fx("chain.pem"), fx("rsa.key"), &why) == NULL);
+    CHECK(why != NULL && strstr(why, "private key") != NULL);
+    why = NULL;
+    CHECK(tls_server_cred_load(fx("chain.pem"), fx("ca.pem"), &why) == NULL);
+    CHECK(why != NULL && strncmp(why, "no private key in ", 18) == 0);
+    why = NULL;
+    CHECK(tls_server_cred_load(fx("leaf.key"), fx("leaf.key"), &why) == NULL);
+    CHECK(why != NULL && strncmp(why, "no certificates in ", 19) == 0);
+    why = NULL;
+    CHECK(tls_server_cred_load("/nonexistent/chain.pem", fx("leaf.key"), &why) == NULL);
+    CHECK(why != NULL && strncmp(why, "cannot open certificate file ", 29) == 0);
+}
+
+/* Both directions at once, much more than the socket buffers hold, so
+ * that writes come back short and EAGAIN is met on both sides. */
+static void roundtrip(const char *chain, const char *key)
+{
+    const char *why = NULL;
+    tls_trust *trust = tls_trust_load(fx("ca.pem"), &why);
+    tls_server_cred *cred = tls_server_cred_load(chain, key, &why);
+    CHECK(trust != NULL && cred != NULL);
+    if (trust == NULL || cred == NULL) {
+        tls_trust_free(trust);
+        tls_server_cred_free(cred);
+        return;
+    }
+    pair p;
+    CHECK(pair_open(&p, tls_client_new(trust, "localhost", NULL), tls_server_new(cred)));
+    /* Before anything runs the client has a ClientHello to send and the
+     * server waits for it. */
+    CHECK(tls_events(p.cli.c) & EPOLLOUT);
+    CHECK_EQ_SIZE(tls_events(p.srv.c), EPOLLIN);
+
+    const size_t a_len = 700000, b_len = 500001;
+    unsigned char *a = pattern(a_len, 1), *b = pattern(b_len, 2);
+    p.cli.out = a;
+    p.cli.out_len = a_len;
+    p.srv.out = b;
+    p.srv.out_len = b_len;
+    CHECK(run(&p.cli, &p.srv, exchanged));
+    CHECK(!p.cli.err && !p.srv.err);
+    CHECK(tls_handshake_done(p.cli.c) && tls_handshake_done(p.srv.c));
+    CHECK(!tls_resumed(p.cli.c));
+    CHECK_EQ_SIZE(p.srv.in_len, a_len);
+    CHECK_EQ_SIZE(p.cli.in_len, b_len);
+    CHECK(p.cli.short_writes > 0 && p.srv.short_writes > 0);
+    CHECK(p.srv.in_len == a_len && memcmp(p.srv.in, a, a_len) == 0);
+    CHECK(p.cli.in_len == b_len && memcmp(p.cli.in, b, b_len) == 0);
+    /* Idle after the exchange: only input is awaited. */
+    CHECK_EQ_SIZE(tls_events(p.cli.c), EPOLLIN);
+
+    /* close_notify from the client: the server reads 0, answers with its own
+     * close_notify, and the client reads 0 too. */
+    tls_close(p.cli.c, p.cli.fd);
+    CHECK(run(&p.cli, &p.srv, both_eof));
+    CHECK(p.cli.eof && p.srv.eof);
+    CHECK(!p.cli.err && !p.srv.err);
+    CHECK(tls_error(p.cli.c) == NULL); /* a clean close is no failure */
+    /* Writing after the close is refused. */
+    errno = 0;
+    CHECK(tls_write(p.srv.c, p.srv.fd, "x", 1) == -1 && errno == EPIPE);
+    CHECK_STR(tls_error(p.srv.c), "TLS connection already closed");
+
+    free(a);
+    free(b);
+    pair_close(&p);
+    tls_server_cred_free(cred);
+    tls_trust_free(trust);
+}
+
+TEST(tls_roundtrip_ec)
+{
+    CHECK(fixture());
+    if (fx_state > 0)
+        roundtrip(fx("chain.pem"), fx("leaf.key"));
+}
+
+/* Many tiny records (one per tls_write, like SSE chunks) in both
+ * directions. */
+TEST(tls_small_records)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_trust *trust = tls_trust_load(fx("ca.pem"), &why);
+    tls_server_cred *cred = tls_server_cred_load(fx("chain.pem"), fx("leaf.key"), &why);
+    CHECK(trust && cred);
+    if (trust && cred) {
+        pair p;
+        CHECK(pair_open(&p, tls_client_new(trust, "localhost", NULL), tls_server_new(cred)));
+        const size_t a_len = 37 * 3000, b_len = 53 * 2000;
+        unsigned char *a = pattern(a_len, 3), *b = pattern(b_len, 4);
+        p.cli.out = a;
+        p.cli.out_len = a_len;
+        p.cli.chunk = 37;
+        p.srv.out = b;
+        p.srv.out_len = b_len;
+        p.srv.chunk = 53;
+        CHECK(run(&p.cli, &p.srv, exchanged));
+        CHECK(!p.cli.err && !p.srv.err);
+        CHECK(p.srv.in_len == a_len && memcmp(p.srv.in, a, a_len) == 0);
+        CHECK(p.cli.in_len == b_len && memcmp(p.cli.in, b, b_len) == 0);
+        free(a);
+        free(b);
+        pair_close(&p);
+    }
+    tls_server_cred_free(cred);
+    tls_trust_free(trust);
+}
+
+TEST(tls_roundtrip_rsa)
+{
+    CHECK(fixture());
+    if (fx_state > 0)
+        roundtrip(fx("rsa-chain.pem"), fx("rsa.key"));
+}
+
+TEST(tls_wrong_host)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_trust *trust = tls_trust_load(fx("ca.pem"), &why);
+    CHECK(trust != NULL);
+    const char *msg = handshake_error(trust, "example.com", fx("chain.pem"), fx("leaf.key"));
+    CHECK_STR(msg, "certificate is not for host example.com");
+    tls_trust_free(trust);
+}
+
+TEST(tls_untrusted_ca)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_trust *trust = tls_trust_load(fx("ca2.pem"), &why);
+    CHECK(trust != NULL);
+    const char *msg = handshake_error(trust, "localhost", fx("chain.pem"), fx("leaf.key"));
+    CHECK_STR(msg, "certificate chain is not trusted");
+    tls_trust_free(trust);
+}
+
+TEST(tls_expired_certificate)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_trust *trust = tls_trust_load(fx("ca.pem"), &why);
+    CHECK(trust != NULL);
+    const char *msg =
+        handshake_error(trust, "localhost", fx("expired-chain.pem"), fx("leaf.key"));
+    CHECK_STR(msg, "certificate has expired or is not yet valid");
+    tls_trust_free(trust);
+}
+
+/* One connection with a small exchange; reports whether it resumed. */
+static bool connect_once(const tls_trust *trust, const tls_server_cred *cred,
+                         tls_session_cache *cache, bool *ok)
+{
+    pair p;
+    *ok = false;
+    if (!pair_open(&p, tls_client_new(trust, "localhost", cache), tls_server_new(cred)))
+        return false;
+    p.cli.out = (const unsigned char *)"ping";
+    p.cli.out_len = 4;
+    p.srv.out = (const unsigned char *)"pong!";
+    p.srv.out_len = 5;
+    *ok = run(&p.cli, &p.srv, exchanged) && !p.cli.err && !p.srv.err &&
+          p.cli.in_len == 5 && memcmp(p.cli.in, "pong!", 5) == 0 && p.srv.in_len == 4 &&
+          memcmp(p.srv.in, "ping", 4) == 0;
+    bool resumed = tls_resumed(p.cli.c);
+    tls_close(p.cli.c, p.cli.fd);
+    *ok = *ok && run(&p.cli, &p.srv, both_eof) && !p.cli.err && !p.srv.err;
+    pair_close(&p);
+    return resumed;
+}
+
+TEST(tls_session_resumption)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_trust *trust = tls_trust_load(fx("ca.pem"), &why);
+    tls_server_cred *cred = tls_server_cred_load(fx("chain.pem"), fx("leaf.key"), &why);
+    tls_server_cred *other = tls_server_cred_load(fx("chain.pem"), fx("leaf.key"), &why);
+    tls_session_cache *cache = tls_session_cache_new();
+    CHECK(trust && cred && other && cache);
+    if (trust && cred && other && cache) {
+        bool ok;
+        CHECK(!connect_once(trust, cred, cache, &ok)); /* first: full handshake */
+        CHECK(ok);
+        CHECK(connect_once(trust, cred, cache, &ok)); /* second: resumed */
+        CHECK(ok);
+        CHECK(connect_once(trust, cred, cache, &ok)); /* and again */
+        CHECK(ok);
+        CHECK(!connect_once(trust, cred, NULL, &ok)); /* no cache, no resumption */
+        CHECK(ok);
+        /* A server that does not know the session: full handshake, which
+         * refreshes the cache for that server... */
+        CHECK(!connect_once(trust, other, cache, &ok));
+        CHECK(ok);
+        CHECK(connect_once(trust, other, cache, &ok));
+        CHECK(ok);
+    }
+    tls_session_cache_free(cache);
+    tls_server_cred_free(other);
+    tls_server_cred_free(cred);
+    tls_trust_free(trust);
+}
+
+TEST(tls_eof_semantics)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_trust *trust = tls_trust_load(fx("ca.pem"), &why);
+    tls_server_cred *cred = tls_server_cred_load(fx("chain.pem"), fx("leaf.key"), &why);
+    CHECK(trust && cred);
+    if (trust && cred) {
+        /* Peer vanishes after the handshake without close_notify: EOF (0). */
+        pair p;
+        CHECK(pair_open(&p, tls_client_new(trust, "localhost", NULL), tls_server_new(cred)));
+        p.srv.out = (const unsigned char *)"bye";
+        p.srv.out_len = 3;
+        CHECK(run(&p.cli, &p.srv, exchanged));
+        close(p.fds[1]);
+        p.fds[1] = -1;
+        p.srv.c = (tls_free(p.srv.c), NULL);
+        CHECK(run(&p.cli, &p.srv, client_done));
+        CHECK(p.cli.eof && !p.cli.err);
+        CHECK(p.cli.in_len == 3 && memcmp(p.cli.in, "bye", 3) == 0);
+        CHECK_STR(tls_error(p.cli.c), "connection closed without TLS close_notify");
+        pair_close(&p);
+
+        /* Peer sends close_notify and closes the socket at once, as HTTP
+         * servers do: our answering close_notify meets EPIPE, which is
+         * still a clean EOF. */
+        CHECK(pair_open(&p, tls_client_new(trust, "localhost", NULL), tls_server_new(cred)));
+        p.srv.out = (const unsigned char *)"last";
+        p.srv.out_len = 4;
+        CHECK(run(&p.cli, &p.srv, exchanged));
+        tls_close(p.srv.c, p.srv.fd);
+        close(p.fds[1]);
+        p.fds[1] = -1;
+        p.srv.c = (tls_free(p.srv.c), NULL);
+        CHECK(run(&p.cli, &p.srv, client_done));
+        CHECK(p.cli.eof && !p.cli.err);
+        CHECK(tls_error(p.cli.c) == NULL);
+        CHECK_EQ_SIZE(tls_events(p.cli.c), EPOLLIN | EPOLLOUT);
+        pair_close(&p);
+
+        /* Peer vanishes during the handshake: an error. */
+        CHECK(pair_open(&p, tls_client_new(trust, "localhost", NULL), NULL));
+        close(p.fds[1]);
+        p.fds[1] = -1;
+        CHECK(run(&p.cli, &p.srv, client_done));
+        CHECK(p.cli.err && !p.cli.eof);
+        CHECK(p.cli.err_no == ECONNRESET || p.cli.err_no == EPIPE);
+        CHECK(strstr(tls_error(p.cli.c), "during TLS handshake") != NULL);
+        pair_close(&p);
+
+        /* A peer that does not speak TLS. */
+        CHECK(pair_open(&p, tls_client_new(trust, "localhost", NULL), NULL));
+        const char junk[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+        CHECK(write(p.fds[1], junk, sizeof junk - 1) == (ssize_t)(sizeof junk - 1));
+        CHECK(run(&p.cli, &p.srv, client_done));
+        CHECK(p.cli.err && p.cli.err_no == EPROTO);
+        CHECK(strncmp(tls_error(p.cli.c), "TLS handshake failed: ", 22) == 0);
+        pair_close(&p);
+
+        /* No name: refused up front rather than skipping the check. */
+        tls_conn *c = tls_client_new(trust, "", NULL);
+        char buf[8];
+        CHECK(tls_read(c, -1, buf, sizeof buf) == -1 && errno == EINVAL);
+        CHECK_STR(tls_error(c), "no server name to verify the certificate against");
+        tls_free(c);
+    }
+    tls_server_cred_free(cred);
+    tls_trust_free(trust);
+}
+
+/* ---- a reader that pauses mid-record ------------------------------------ */
+
+/* An HTTP head as its own small record, then a body of many full records. */
+enum { PAUSE_HEAD = 160, PAUSE_BODY = 300000, PAUSE_WINDOW = 131072 };
+
+/* A reader that stops before EAGAIN because its buffer is full, and takes
+ * more later, as fakeai does when a parsed head raises its input limit.
+ * The small first record puts the pause in the middle of a record, so the
+ * engine keeps decrypted bytes that no socket event will announce: resuming
+ * must start with tls_read, and every byte must still arrive. */
+TEST(tls_read_resumes_mid_record)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_trust *trust = tls_trust_load(fx("ca.pem"), &why);
+    tls_server_cred *cred = tls_server_cred_load(fx("chain.pem"), fx("leaf.key"), &why);
+    CHECK(trust && cred);
+    pair p;
+    if (!trust || !cred || !pair_open(&p, tls_client_new(trust, "localhost", NULL), tls_server_new(cred))) {
+        tls_server_cred_free(cred);
+        tls_trust_free(trust);
+        return;
+    }
+    CHECK(run(&p.cli, &p.srv, both_handshaken));
+    const size_t total = PAUSE_HEAD + PAUSE_BODY;
+    unsigned char *sent = pattern(total, 5);
+    unsigned char *got = malloc(total);
+    CHECK(tls_write(p.cli.c, p.cli.fd, sent, PAUSE_HEAD) == PAUSE_HEAD);
+    p.cli.out = sent + PAUSE_HEAD;
+    p.cli.out_len = PAUSE_BODY;
+
+    size_t got_len = 0, limit = PAUSE_WINDOW;
+    bool paused = false, failed = false;
+    long deadline = now_ms() + 5000;
+    while (got_len < total && !failed && !p.cli.err && now_ms() < deadline) {
+        side_step(&p.cli);
+        for (;;) {
+            if (got_len == limit) {
+                if (limit == total)
+                    break;
+                /* Paused with a partial record inside the engine. */
+                paused = true;
+                limit = total;
+                ssize_t n = tls_read(p.srv.c, p.srv.fd, got + got_len, limit - got_len);
+                CHECK(n > 0); /* no socket input needed */
+                if (n <= 0) {
+                    failed = true;
+                    break;
+                }
+                got_len += (size_t)n;
+                continue;
+            }
+            ssize_t n = tls_read(p.srv.c, p.srv.fd, got + got_len, limit - got_len);
+            if (n > 0) {
+                got_len += (size_t)n;
+                continue;
+            }
+            failed = n == 0 || errno != EAGAIN;
+            break;
+        }
+        if (got_len == total || failed)
+            break;
+        /* The server waits only for what its engine asks for. */
+        uint32_t ev = tls_events(p.srv.c);
+        struct pollfd pf[2] = {
+            { p.cli.fd, poll_events(&p.cli), 0 },
+            { p.srv.fd, (short)(((ev & EPOLLIN) ? POLLIN : 0) | ((ev & EPOLLOUT) ? POLLOUT : 0)), 0 },
+        };
+        poll(pf, 2, 100);
+    }
+    CHECK(!failed && !p.cli.err);
+    CHECK(paused);
+    CHECK_EQ_SIZE(got_len, total);
+    CHECK(got_len == total && memcmp(got, sent, total) == 0);
+    free(got);
+    free(sent);
+    pair_close(&p);
+    tls_server_cred_free(cred);
+    tls_trust_free(trust);
+}
+
+/* ---- fakeai over TLS ---------------------------------------------------- */
+
+static void stop_loop(void *ctx)
+{
+    loop_stop(ctx);
+}
+
+static void run_loop_ms(loop *l, uint64_t ms)
+{
+    loop_timer t = { 0 };
+    loop_timer_arm(l, &t, ms, stop_loop, l);
+    loop_run(l);
+    loop_timer_stop(l, &t);
+}
+
+static int connect_nonblocking(const char *address)
+{
+    const char *colon = strrchr(address, ':');
+    struct sockaddr_in sa = { .sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)atoi(colon + 1)) };
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* A complete HTTP response (head with Content-Length, and that much body)? */
+static bool response_complete(const unsigned char *b, size_t len)
+{
+    const char *end = memmem(b, len, "\r\n\r\n", 4);
+    if (end == NULL)
+        return false;
+    size_t head = (size_t)(end - (const char *)b) + 4;
+    const char *cl = memmem(b, head, "Content-Length: ", 16);
+    return cl != NULL && len - head >= strtoul(cl + 16, NULL, 10);
+}
+
+/* The mock's stall: a POST whose head comes as one small record and whose
+ * body (larger than what fakeai reads while it looks for a head) is on the
+ * socket all at once. Reading pauses at the head-state limit in the middle
+ * of a record; once the head is parsed fakeai must take the rest from the
+ * engine itself, since the socket will not wake it. */
+TEST(tls_fakeai_big_body_after_small_record)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_trust *trust = tls_trust_load(fx("ca.pem"), &why);
+    tls_server_cred *cred = tls_server_cred_load(fx("chain.pem"), fx("leaf.key"), &why);
+    loop *l = loop_new();
+    fakeai_config cfg = { .chunks = 2, .model = "m", .tls = cred };
+    fakeai *f = (trust && cred && l) ? fakeai_start(l, "127.0.0.1:0", &cfg, &why) : NULL;
+    CHECK(f != NULL);
+    int fd = f ? connect_nonblocking(fakeai_address(f)) : -1;
+    CHECK(fd >= 0);
+    tls_conn *c = fd >= 0 ? tls_client_new(trust, "localhost", NULL) : NULL;
+
+    char head[256];
+    static const char pre[] = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"";
+    static const char post[] = "\"}]}";
+    const size_t body_len = sizeof pre - 1 + PAUSE_BODY + sizeof post - 1;
+    char *body = malloc(body_len);
+    memcpy(body, pre, sizeof pre - 1);
+    memset(body + sizeof pre - 1, 'x', PAUSE_BODY);
+    memcpy(body + body_len - (sizeof post - 1), post, sizeof post - 1);
+    int head_len = snprintf(head, sizeof head,
+                            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                            "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                            body_len);
+
+    unsigned char *resp = malloc(65536);
+    size_t resp_len = 0;
+    bool ok = c != NULL, sent = false;
+    long deadline = now_ms() + 5000;
+    while (ok && now_ms() < deadline) {
+        if (!tls_handshake_done(c)) {
+            ok = tls_flush(c, fd) == 0 || errno == EAGAIN;
+        } else if (!sent) {
+            /* Everything goes out before fakeai runs again: the head as
+             * its own record, then the body. */
+            const char *parts[2] = { head, body };
+            size_t lens[2] = { (size_t)head_len, body_len };
+            for (size_t i = 0; i < 2 && ok; i++) {
+                size_t off = 0;
+                while (off < lens[i] && ok && now_ms() < deadline) {
+                    ssize_t n = tls_write(c, fd, parts[i] + off, lens[i] - off);
+                    if (n > 0)
+                        off += (size_t)n;
+                    else if (errno == EAGAIN)
+                        run_loop_ms(l, 1); /* socket full: let fakeai read */
+                    else
+                        ok = false;
+                }
+            }
+            sent = true;
+        }
+        for (;;) {
+            ssize_t n = tls_read(c, fd, resp + resp_len, 65536 - resp_len);
+            if (n > 0 && resp_len + (size_t)n < 65536) {
+                resp_len += (size_t)n;
+                continue;
+            }
+            ok = n < 0 && errno == EAGAIN;
+            break;
+        }
+        if (response_complete(resp, resp_len))
+            break;
+        run_loop_ms(l, 1);
+    }
+    CHECK(ok);
+    CHECK(response_complete(resp, resp_len));
+    CHECK(resp_len >= 17 && memcmp(resp, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    CHECK(memmem(resp, resp_len, "\"content\":\"tok0 tok1 \"", 22) != NULL);
+
+    free(resp);
+    free(body);
+    tls_free(c);
+    if (fd >= 0)
+        close(fd);
+    fakeai_stop(f);
+    loop_free(l);
+    tls_server_cred_free(cred);
+    tls_trust_free(trust);
+    arena_release_cached();
+}
