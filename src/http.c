@@ -491,6 +491,7 @@ http_chunked_result http_chunked_decode(http_chunked *d, char *dst, const char *
             i++;
         size_line_done_advanced:
             d->size_digits = 0;
+            d->overhead = 0; /* the extension budget is per chunk line */
             d->state = d->remaining ? CHUNK_DATA : CHUNK_TRAILER_START;
             break;
         case CHUNK_DATA: {

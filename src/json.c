@@ -59,37 +59,125 @@ static int tokenise(const char *s, size_t len, jsmntok_t *stack, arena *a, jsmnt
 
 enum { MAX_DEPTH = 128 };
 
-/* jsmn, even strict, takes {"a"} for an object whose key has no value.
- * Checks that every key is a string holding exactly one value, and bounds
- * the nesting so the walk's recursion is bounded. Returns the index after
- * the value at i, or -1. */
-static int check_value(const jsmntok_t *t, int n, int i, int depth)
+/* jsmn finds the tokens but, even strict, lets through {"a"}, {"a":tru},
+ * {"a":1,}, [1 2], a leading zero, a raw newline in a string. The walk
+ * below checks what lies between and inside the tokens, so invalid JSON
+ * is refused here (400) instead of being sent upstream. */
+
+typedef struct walk {
+    const char *s;
+    const jsmntok_t *t;
+    int n;
+} walk;
+
+static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+/* s[from..to) is white space around exactly one `sep` (none when sep is 0). */
+static bool gap_is(const char *s, size_t from, size_t to, char sep)
 {
-    if (i >= n || depth > MAX_DEPTH)
-        return -1;
-    int j = i + 1;
-    if (t[i].type == JSMN_OBJECT) {
-        for (int k = 0; k < t[i].size; k++) {
-            if (j >= n || t[j].type != JSMN_STRING || t[j].size != 1)
-                return -1;
-            if ((j = check_value(t, n, j + 1, depth + 1)) < 0)
-                return -1;
-        }
-    } else if (t[i].type == JSMN_ARRAY) {
-        for (int k = 0; k < t[i].size; k++)
-            if ((j = check_value(t, n, j, depth + 1)) < 0)
-                return -1;
-    } else if (t[i].size != 0) {
-        return -1; /* a string or primitive with children: a key out of place */
+    bool seen = sep == 0;
+    for (size_t i = from; i < to; i++) {
+        if (is_space(s[i]))
+            continue;
+        if (s[i] != sep || seen)
+            return false;
+        seen = true;
     }
-    return j;
+    return seen;
+}
+
+static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+/* true, false, null, or a number as RFC 8259 §6 has it. */
+static bool primitive_ok(const char *p, size_t len)
+{
+    slice v = {p, len};
+    if (slice_eq(v, SLICE_LIT("true")) || slice_eq(v, SLICE_LIT("false")) || slice_eq(v, SLICE_LIT("null")))
+        return true;
+    size_t i = 0;
+    if (i < len && p[i] == '-')
+        i++;
+    if (i < len && p[i] == '0') {
+        i++;
+    } else {
+        if (i >= len || !is_digit(p[i]))
+            return false;
+        while (i < len && is_digit(p[i]))
+            i++;
+    }
+    if (i < len && p[i] == '.') {
+        if (++i >= len || !is_digit(p[i]))
+            return false;
+        while (i < len && is_digit(p[i]))
+            i++;
+    }
+    if (i < len && (p[i] == 'e' || p[i] == 'E')) {
+        i++;
+        if (i < len && (p[i] == '+' || p[i] == '-'))
+            i++;
+        if (i >= len || !is_digit(p[i]))
+            return false;
+        while (i < len && is_digit(p[i]))
+            i++;
+    }
+    return i == len;
+}
+
+/* jsmn strict checks escapes; control characters are ours to refuse. */
+static bool string_ok(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)p[i] < 0x20)
+            return false;
+    return true;
+}
+
+/* First and one-past-last byte of token i as it stands in the text. */
+static size_t tok_begin(const walk *w, int i) { return (size_t)w->t[i].start - (w->t[i].type == JSMN_STRING); }
+static size_t tok_finish(const walk *w, int i) { return (size_t)w->t[i].end + (w->t[i].type == JSMN_STRING); }
+
+/* Checks the value at token i; returns the index after it, or -1. */
+static int check_value(const walk *w, int i, int depth)
+{
+    if (i >= w->n || depth > MAX_DEPTH)
+        return -1;
+    const jsmntok_t *t = &w->t[i];
+    const char *s = w->s;
+    if (t->type == JSMN_STRING)
+        return t->size == 0 && string_ok(s + t->start, (size_t)(t->end - t->start)) ? i + 1 : -1;
+    if (t->type == JSMN_PRIMITIVE)
+        return t->size == 0 && primitive_ok(s + t->start, (size_t)(t->end - t->start)) ? i + 1 : -1;
+    bool object = t->type == JSMN_OBJECT;
+    if (!object && t->type != JSMN_ARRAY)
+        return -1;
+    size_t at = (size_t)t->start + 1; /* after the bracket */
+    int j = i + 1;
+    for (int k = 0; k < t->size; k++) {
+        if (j >= w->n || !gap_is(s, at, tok_begin(w, j), k ? ',' : 0))
+            return -1;
+        if (object) {
+            /* a key: a string holding exactly one value, after a colon */
+            if (w->t[j].type != JSMN_STRING || w->t[j].size != 1 ||
+                !string_ok(s + w->t[j].start, (size_t)(w->t[j].end - w->t[j].start)) || j + 1 >= w->n ||
+                !gap_is(s, tok_finish(w, j), tok_begin(w, j + 1), ':'))
+                return -1;
+            j++;
+        }
+        int next = check_value(w, j, depth + 1);
+        if (next < 0)
+            return -1;
+        at = tok_finish(w, j);
+        j = next;
+    }
+    return gap_is(s, at, (size_t)t->end - 1, 0) ? j : -1;
 }
 
 /* One well-formed top-level object spanning the whole text. */
 static bool is_whole_object(const char *s, size_t len, const jsmntok_t *t, int n)
 {
+    walk w = {s, t, n};
     return n >= 1 && t[0].type == JSMN_OBJECT && only_space(s, 0, (size_t)t[0].start) &&
-           only_space(s, (size_t)t[0].end, len) && check_value(t, n, 0, 0) == n;
+           only_space(s, (size_t)t[0].end, len) && check_value(&w, 0, 0) == n;
 }
 
 /* A value's bytes in the text: jsmn leaves a string's quotes outside it. */
@@ -140,20 +228,20 @@ int json_inspect_request(const char *body, size_t len, arena *a, json_request_in
         return 0;
     }
     int end = skip(t, n, options);
-    for (int i = options + 1; i < end;) {
-        const jsmntok_t *key = &t[i], *val = &t[i + 1];
-        if (tok_is(body, key, "include_usage")) {
-            if (tok_is(body, val, "true")) {
-                out->client_wants_usage = true;
-                e->active = false;
-            } else {
-                e->at = value_start(val);
-                e->remove = value_end(val) - e->at;
-                e->insert = SLICE_LIT("true");
-            }
-            return 0;
+    const jsmntok_t *usage = NULL; /* the last one: what an upstream parser keeps */
+    for (int i = options + 1; i < end; i = skip(t, n, i + 1))
+        if (tok_is(body, &t[i], "include_usage"))
+            usage = &t[i + 1];
+    if (usage) {
+        if (tok_is(body, usage, "true")) {
+            out->client_wants_usage = true;
+            e->active = false;
+        } else {
+            e->at = value_start(usage);
+            e->remove = value_end(usage) - e->at;
+            e->insert = SLICE_LIT("true");
         }
-        i = skip(t, n, i + 1);
+        return 0;
     }
     e->at = (size_t)o->start + 1;
     e->insert = o->size ? SLICE_LIT("\"include_usage\":true,") : SLICE_LIT("\"include_usage\":true");

@@ -488,7 +488,8 @@ static bool take_body(client *c)
         fail_and_close(c, 503, "out of memory", "internal_error");
         return false;
     }
-    memcpy(c->body + c->body_len, src, produced);
+    if (produced) /* a chunked body has no buffer until its first payload byte */
+        memcpy(c->body + c->body_len, src, produced);
     c->body_len += produced;
     c->in_used += used;
     if (r == CHUNKED_DONE)

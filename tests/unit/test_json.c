@@ -195,6 +195,21 @@ TEST(json_request_invalid)
         "{\"a\":}",
         "{\"model\":}",
         "{\"a\":1,\"b\"}",
+        /* jsmn lets these through; the structure walk does not */
+        "{:,:}",
+        "{\"a\":tru}",
+        "{\"a\":1,}",
+        "{,\"a\":1}",
+        "{\"a\":[1 2]}",
+        "{\"a\":[1,,2]}",
+        "{\"a\":[1,]}",
+        "{\"a\":01}",
+        "{\"a\":-}",
+        "{\"a\":1.}",
+        "{\"a\":1e}",
+        "{\"a\":\"raw\nnewline\"}",
+        "{\"a\"::1}",
+        "{\"a\":1,,\"b\":2}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         req_case c;
@@ -376,4 +391,41 @@ TEST(json_error_writer)
     b = wbuf_over(mem, 10);
     json_write_error(&b, "m", "t", NULL);
     CHECK(b.overflow);
+}
+
+TEST(json_request_valid_edge_cases)
+{
+    static const char *const good[] = {
+        "{}",
+        " {\"a\" : [ ] , \"b\" : { } } ",
+        "{\"n\":[0,-0,1.5,-2e10,3E+2,4e-1,true,false,null]}",
+        "{\"s\":\"esc \\\" \\\\ \\/ \\b \\f \\n \\r \\t \\u00e9\"}",
+        "{\"model\":\"gpt\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":true}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        arena a;
+        arena_init(&a);
+        json_request_info info;
+        const char *why = NULL;
+        int rc = json_inspect_request(good[i], strlen(good[i]), &a, &info, &why);
+        if (rc != 0)
+            fprintf(stderr, "  rejected %s: %s\n", good[i], why);
+        CHECK(rc == 0);
+        arena_reset(&a);
+    }
+}
+
+TEST(json_request_duplicate_include_usage_last_wins)
+{
+    const char *body = "{\"stream\":true,\"stream_options\":{\"include_usage\":true,\"include_usage\":false}}";
+    arena a;
+    arena_init(&a);
+    json_request_info info;
+    const char *why = NULL;
+    CHECK(json_inspect_request(body, strlen(body), &a, &info, &why) == 0);
+    CHECK(!info.client_wants_usage);
+    CHECK(info.usage_edit.active);
+    CHECK(info.usage_edit.insert.len == 4 && memcmp(info.usage_edit.insert.ptr, "true", 4) == 0);
+    CHECK(info.usage_edit.remove == 5 && memcmp(body + info.usage_edit.at, "false", 5) == 0);
+    arena_reset(&a);
 }
