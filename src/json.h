@@ -36,8 +36,9 @@ typedef struct json_chunk_info {
     bool is_error; /* an {"error":...} object */
 } json_chunk_info;
 
-/* Validates one chunk's JSON and reads what the relay records. No malloc:
- * tokens live on the stack, or in `a` for unusually large chunks. */
+/* Checks one chunk's JSON structure and reads what the relay records (the
+ * full RFC 8259 checks are for client bodies). No malloc: tokens live on
+ * the stack, or in `a` for unusually large chunks. */
 int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *out);
 
 /* {"error":{"message":..,"type":..,"param":null,"code":..}} */
