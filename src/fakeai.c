@@ -1296,9 +1296,15 @@ static void conn_drive(conn *c)
             moved = stream_pump(c);
         if (c->closed)
             return;
+        size_t queued = out_pending(c);
         flush_status fs = conn_flush(c);
         if (fs == FLUSH_FAILED)
             return;
+        /* Bytes went out: a stream stopped at its high-water mark may produce
+         * again, and nothing else would wake it once the buffer is empty
+         * (update_events asks for EPOLLOUT only while bytes wait). */
+        if (out_pending(c) < queued)
+            moved = true;
         if (fs == FLUSH_EMPTY && c->state == CONN_RESPOND && c->resp_done) {
             response_complete(c);
             moved = true;

@@ -277,3 +277,100 @@ TEST(fakeai_serves_on_the_reactor)
     loop_free(l);
     arena_release_cached();
 }
+
+/* ---- a reader that pauses, then drains ---- */
+
+static bool ends_with(const char *buf, size_t len, const char *tail)
+{
+    size_t n = strlen(tail);
+    return len >= n && memcmp(buf + len - n, tail, n) == 0;
+}
+
+static size_t count_of(const char *buf, size_t len, const char *needle)
+{
+    size_t count = 0, n = strlen(needle);
+    for (const char *p = buf; (p = memmem(p, len - (size_t)(p - buf), needle, n)) != NULL; p += n)
+        count++;
+    return count;
+}
+
+/* Runs the loop for `ms`, then appends what the client socket holds. */
+static size_t run_and_drain(loop *l, int fd, char *buf, size_t cap, size_t *len, uint64_t ms)
+{
+    loop_timer t = {0};
+    loop_timer_arm(l, &t, ms, stop_loop, l);
+    loop_run(l);
+    size_t got = 0;
+    while (*len < cap) {
+        ssize_t n = recv(fd, buf + *len, cap - *len, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        *len += (size_t)n;
+        got += (size_t)n;
+    }
+    return got;
+}
+
+/* The stream stops producing at its output high-water mark while the socket
+ * is full. Once the reader drains, a single flush can empty the buffer; the
+ * stream must then produce again although no byte is left to ask for
+ * EPOLLOUT. Regression: it stalled there for good. */
+TEST(fakeai_stream_resumes_after_reader_pause)
+{
+    enum { CHUNKS = 20000, IDLE_SLICES = 200, MAX_SLICES = 4000 };
+    loop *l = loop_new();
+    CHECK(l != NULL);
+    if (!l)
+        return;
+    fakeai_config cfg = {.chunks = CHUNKS};
+    const char *why = NULL;
+    fakeai *f = fakeai_start(l, "127.0.0.1:0", &cfg, &why);
+    CHECK(f != NULL);
+    size_t cap = (size_t)16 << 20; /* the ~5.4 MB stream with room to spare */
+    char *buf = malloc(cap);
+    CHECK(buf != NULL);
+    if (!f || !buf) {
+        free(buf);
+        fakeai_stop(f);
+        loop_free(l);
+        return;
+    }
+
+    /* A small receive buffer, set before connecting so the window honours it. */
+    const char *colon = strrchr(fakeai_address(f), ':');
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(fd >= 0);
+    int rcvbuf = 64 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    static const char req[] = "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 15\r\n\r\n"
+                              "{\"stream\":true}";
+    CHECK(send(fd, req, sizeof req - 1, 0) == (ssize_t)(sizeof req - 1));
+
+    /* Not reading: the kernel buffers fill and the mock stops at its mark. */
+    loop_timer pause = {0};
+    loop_timer_arm(l, &pause, 150, stop_loop, l);
+    loop_run(l);
+
+    /* Now read everything, in short slices of loop time. */
+    static const char tail[] = "data: [DONE]\n\n\r\n0\r\n\r\n";
+    size_t len = 0, idle = 0;
+    for (size_t i = 0; i < MAX_SLICES && idle < IDLE_SLICES && !ends_with(buf, len, tail); i++)
+        idle = run_and_drain(l, fd, buf, cap, &len, 5) ? 0 : idle + 1;
+    CHECK(ends_with(buf, len, tail));
+    CHECK(len > 4 * 1024 * 1024);
+    CHECK(len >= 17 && memcmp(buf, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    CHECK_EQ_SIZE(count_of(buf, len, "\"delta\":{\"content\":"), CHUNKS);
+    CHECK(count_of(buf, len, "{\"content\":\"tok19998 \"}") == 1);
+    CHECK(count_of(buf, len, "\"finish_reason\":\"stop\"") == 1);
+
+    free(buf);
+    close(fd);
+    fakeai_stop(f);
+    loop_free(l);
+    arena_release_cached();
+}
