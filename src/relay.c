@@ -192,7 +192,7 @@ static void on_heartbeat(void *ctx)
     static const char beat[] = "e\r\n: keep-alive\n\n\r\n";
     /* without chunked framing, the comment alone */
     struct iovec iov = r->client_chunked ? (struct iovec){(void *)beat, sizeof beat - 1}
-                                  : (struct iovec){(void *)(beat + 3), sizeof beat - 6};
+                                         : (struct iovec){(void *)(beat + 3), sizeof beat - 6};
     if (send_iov(r, &iov, 1) != 0)
         return;
     loop_timer_arm(r->env->loop, &r->heartbeat, HEARTBEAT_MS, on_heartbeat, r);
@@ -702,16 +702,15 @@ static void read_once(relay *r)
     if (n <= 0) {
         bool tls = upstream_is_tls(r->up);
         if (r->state == RELAY_AWAIT_HEAD && r->len == 0) {
+            /* On a fresh TLS connection the first read completes the handshake. */
+            bool handshake = n < 0 && tls && !upstream_was_reused(r->up);
             char msg[256];
             wbuf b = wbuf_over(msg, sizeof msg - 1);
-            if (n < 0 && tls && !upstream_was_reused(r->up))
-                wbuf_puts(&b, "upstream TLS failed: ");
-            else
-                wbuf_puts(&b, "upstream closed the connection before answering");
-            if (n < 0) {
-                wbuf_puts(&b, tls && !upstream_was_reused(r->up) ? "" : ": ");
+            wbuf_puts(&b, handshake ? "upstream TLS failed: " : "upstream closed the connection before answering");
+            if (n < 0 && !handshake)
+                wbuf_puts(&b, ": ");
+            if (n < 0)
                 wbuf_puts(&b, upstream_error(r->up));
-            }
             msg[b.len] = '\0';
             if (n < 0 && tls && err == EPROTO)
                 fail(r, 502, msg, "upstream_tls_error");
@@ -741,7 +740,6 @@ static void read_once(relay *r)
         return;
     }
     r->len += (size_t)n;
-    r->req->record->bytes_in += 0; /* bytes_in counts the client's request */
     loop *l = r->env->loop;
     if (r->state == RELAY_AWAIT_HEAD) {
         loop_timer_stop(l, &r->phase_timer);

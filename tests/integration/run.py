@@ -947,7 +947,10 @@ def make_certs(d):
 # ---------------------------------------------------------------------------
 # Fixtures: processes started lazily and shared between tests
 
-GW_DEFAULTS = [('--connect-timeout', '1s'), ('--first-byte-timeout', '1s'), ('--idle-timeout', '1s'),
+# The connect budget also covers the TLS handshake: under ASan, twenty of them at
+# once through one single-threaded mock can take most of a second. No test
+# depends on its value (a refused connect fails at once).
+GW_DEFAULTS = [('--connect-timeout', '5s'), ('--first-byte-timeout', '1s'), ('--idle-timeout', '1s'),
                ('--request-timeout', '20s'), ('--header-timeout', '1s'), ('--keepalive-timeout', '5s'),
                ('--max-body', '1MiB'), ('--retries', '0')]
 GW_ARGS = [x for kv in GW_DEFAULTS for x in kv]
