@@ -90,6 +90,8 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 2;
     }
+    if (cfg.demo) /* logs name the demo, not its loopback address */
+        snprintf(target.name, sizeof target.name, "demo");
     a.server = server_new(a.loop, &cfg, &target, &why);
     if (!a.server) {
         fprintf(stderr, "ssegate: %s\n", why);

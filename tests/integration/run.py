@@ -220,6 +220,18 @@ def stop_all():
     time.sleep(0.05)   # let the reader threads collect the last lines (sanitizer reports)
 
 
+def log_records_of(proc):
+    out = []
+    for line in proc.err_snapshot():
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(j, dict):
+            out.append(j)
+    return out
+
+
 def clean_env(extra=None):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith('SSEGATE_') and k not in ('OPENAI_API_KEY', 'OPENAI_BASE_URL')}
@@ -319,15 +331,7 @@ class Gateway:
         return self.proc.pid
 
     def log_records(self):
-        recs = []
-        for line in self.proc.err_snapshot():
-            try:
-                j = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(j, dict):
-                recs.append(j)
-        return recs
+        return log_records_of(self.proc)
 
     def wait_log(self, pred, timeout=3.0):
         end = time.monotonic() + bounded(timeout * SCALE)
@@ -2157,6 +2161,80 @@ def max_conns_503(ctx):
 
 
 
+
+
+
+DEMO_OPENING = "Hello! This is ssegate's demo upstream"
+
+
+def start_plain_gateway(ctx, name, args, env):
+    """A gateway outside the shared fixtures; returns (proc, port, first stderr line)."""
+    p = Proc(name, [ctx.env.args.gateway, '--listen', '127.0.0.1:0'] + args, env=clean_env(env))
+    got = p.wait_line('err', lambda l: '"listen"' in l, 10 * SCALE)
+    if not got:
+        p.stop()
+        fail('%s printed no "listen" line: %s' % (name, p.tail()))
+    m = re.search(r'"listen"\s*:\s*"127\.0\.0\.1:(\d+)"', got[1])
+    check(m is not None, 'no port in %r' % got[1])
+    return p, int(m.group(1)), got[1]
+
+
+@test(ANY, timeout=25)
+def demo_upstream_without_key(ctx):
+    """§2: no key and no upstream → the built-in demo, said on the first log line;
+    it streams a paced reply through the real relay, with no network."""
+    for name, args, env in (('gw-demo-nokey', [], {}),
+                            ('gw-demo-explicit', ['--upstream', 'demo'], {'OPENAI_API_KEY': 'sk-unused'})):
+        p, port, first = start_plain_gateway(ctx, name, args, env)
+        try:
+            j = json.loads(first)
+            check('demo' in j.get('msg', '') and j.get('upstream') == 'demo',
+                  '%s: first log line does not say demo: %s' % (name, first))
+            check('curl' in j.get('try', ''), '%s: first log line has no command to try: %s' % (name, first))
+            head, st, c, _ = stream_chat(port, timeout=20, auth=False, body=json.dumps(
+                {'model': 'demo', 'stream': True, 'messages': [{'role': 'user', 'content': 'hi'}]}).encode())
+            c.close()
+            check(st is not None, '%s: demo stream answered %s' % (name, getattr(head, 'status', '?')))
+            check(st.terminated and st.datas()[-1] == '[DONE]', '%s: demo stream did not end: %s'
+                  % (name, st.describe()))
+            text = st.content()
+            check(text.startswith(DEMO_OPENING), '%s: unexpected demo reply: %s' % (name, short(text)))
+            times = [e['t'] for e in st.content_events()]
+            gaps = sorted(b - a for a, b in zip(times, times[1:]))
+            check(len(gaps) > 10, '%s: the demo reply came in %d events' % (name, len(times)))
+            median = gaps[len(gaps) // 2]
+            check(0.010 <= median <= 0.060 * SCALE,
+                  '%s: demo tokens are not paced like a model (median gap %.1f ms)' % (name, median * 1000))
+            figure('demo[%s]: %d tokens, median gap %.1f ms' % (name, len(times), median * 1000))
+            r = post_chat(port, stream=False, timeout=20, auth=False, body=json.dumps(
+                {'model': 'demo', 'messages': [{'role': 'user', 'content': 'hi'}]}).encode())
+            check(r.status == 200, '%s: non-streaming demo answered %d' % (name, r.status))
+            check(r.json()['choices'][0]['message']['content'] == text,
+                  '%s: non-streaming demo reply differs from the streamed one' % name)
+            rec = [r for r in log_records_of(p) if r.get('path') == '/v1/chat/completions']
+            check(rec and all(r.get('upstream') == 'demo' for r in rec),
+                  '%s: access log does not name the demo upstream: %s' % (name, rec[:1]))
+            m = get(port, '/v1/models')
+            check(m.status == 200 and 'demo' in m.body.decode(), '%s: /v1/models lacks demo' % name)
+        finally:
+            p.stop()
+        check(p.p.returncode == 0, '%s exited %s on SIGTERM' % (name, p.p.returncode))
+
+
+@test(ANY)
+def keyless_http_upstream_is_real(ctx):
+    """§2: a keyless http:// upstream (a local model server) is a real upstream."""
+    m = ctx.env.mock('plain')
+    p, port, first = start_plain_gateway(ctx, 'gw-keyless', ['--upstream', 'http://127.0.0.1:%d/v1' % m.port], {})
+    try:
+        check('demo' not in first, 'a keyless http:// upstream started the demo: %s' % first)
+        r = post_chat(port, stream=False, auth=False)
+        # the mock insists on the upstream key, which this gateway does not have
+        check(r.status == 401, 'keyless upstream request answered %d, not the mock\'s 401' % r.status)
+        last = m.last()
+        check('authorization' not in last['headers'], 'a keyless gateway sent an Authorization header upstream')
+    finally:
+        p.stop()
 
 @test(('plain', 'tls'), timeout=25)
 def sigterm_drains_streams(ctx):
