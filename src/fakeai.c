@@ -257,6 +257,7 @@ struct fakeai {
     char address[64];
     conn *conns;
     uint64_t open, total, requests;
+    uint64_t resumed; /* counted connections whose TLS handshake resumed a session */
     uint64_t rng;
 
     char *last; /* the last /v1 request: its head, then its decoded body */
@@ -867,6 +868,8 @@ static void answer_stats(conn *c)
     wbuf_put_u64(&b, f->total);
     wbuf_puts(&b, ",\"requests\":");
     wbuf_put_u64(&b, f->requests);
+    wbuf_puts(&b, ",\"resumed\":");
+    wbuf_put_u64(&b, f->resumed);
     wbuf_put_char(&b, '}');
     fixed_end(c, &b, 200, "application/json", NULL);
 }
@@ -1089,6 +1092,8 @@ static void dispatch(conn *c, slice body)
         c->counted = true;
         f->open++;
         f->total++;
+        if (c->tls && tls_resumed(c->tls))
+            f->resumed++;
     }
     f->requests++;
     remember_last(f, c, body);

@@ -8,6 +8,7 @@
 #include <bearssl.h>
 #pragma GCC diagnostic pop
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,14 @@ struct tls_trust {
     size_t count;
 };
 
+/* The server's session cache: BearSSL's LRU behind a vtable of ours, which
+ * notes the session a connection got back from it, since BearSSL has no
+ * flag for "this handshake resumed". */
+struct server_cache {
+    const br_ssl_session_cache_class *vtable; /* first: BearSSL passes &vtable */
+    br_ssl_session_cache_lru lru;
+};
+
 struct tls_server_cred {
     br_x509_certificate *chain;
     size_t chain_len;
@@ -40,7 +49,7 @@ struct tls_server_cred {
     /* Shared by every connection made from this credential, so a client's
      * second connection can resume. Separately allocated: conns get a
      * const cred but the cache mutates. */
-    br_ssl_session_cache_lru *lru;
+    struct server_cache *cache;
     unsigned char *lru_store;
 };
 
@@ -74,6 +83,30 @@ struct tls_conn {
     unsigned char rbuf[4096];
     unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
 };
+
+static void server_cache_save(const br_ssl_session_cache_class **ctx, br_ssl_server_context *sc,
+                              const br_ssl_session_parameters *params)
+{
+    struct server_cache *cache = (struct server_cache *)(void *)ctx;
+    cache->lru.vtable->save(&cache->lru.vtable, sc, params);
+}
+
+static int server_cache_load(const br_ssl_session_cache_class **ctx, br_ssl_server_context *sc,
+                             br_ssl_session_parameters *params)
+{
+    struct server_cache *cache = (struct server_cache *)(void *)ctx;
+    int found = cache->lru.vtable->load(&cache->lru.vtable, sc, params);
+    if (found) {
+        /* sc is the first member of the connection's union */
+        tls_conn *c = (tls_conn *)(void *)((char *)sc - offsetof(tls_conn, u.sc));
+        memcpy(c->offered_id, params->session_id, params->session_id_len);
+        c->offered_len = params->session_id_len;
+    }
+    return found;
+}
+
+static const br_ssl_session_cache_class server_cache_class = {
+    sizeof(struct server_cache), server_cache_save, server_cache_load};
 
 /* ---- small helpers ----------------------------------------------------- */
 
@@ -245,14 +278,17 @@ static void note_handshake(tls_conn *c)
     if (!(st & (BR_SSL_SENDAPP | BR_SSL_RECVAPP)))
         return;
     c->hs_done = true;
-    if (!c->is_client)
-        return;
     br_ssl_session_parameters sp;
     br_ssl_engine_get_session_parameters(c->eng, &sp);
-    /* BearSSL's client resumes exactly when the ServerHello echoes the id
-     * it offered; a full handshake replaces the id (or empties it). */
+    /* Resumed exactly when the session ends up with the id the client offered
+     * (client side) or the cache handed back (server side); a full handshake
+     * makes a new id, or none. */
     c->resumed = c->offered_len > 0 && sp.session_id_len == c->offered_len &&
                  memcmp(sp.session_id, c->offered_id, c->offered_len) == 0;
+    if (!c->is_client) {
+        explicit_bzero(&sp, sizeof sp);
+        return;
+    }
     if (c->cache != NULL) {
         if (sp.session_id_len > 0) {
             c->cache->params = sp;
@@ -657,13 +693,14 @@ tls_server_cred *tls_server_cred_load(const char *chain_path, const char *key_pa
                  leaf_type == BR_KEYTYPE_EC ? "EC" : "RSA");
         goto fail;
     }
-    cr->lru = calloc(1, sizeof *cr->lru);
+    cr->cache = calloc(1, sizeof *cr->cache);
     cr->lru_store = calloc(SERVER_CACHE_ENTRIES, 100);
-    if (cr->lru == NULL || cr->lru_store == NULL) {
+    if (cr->cache == NULL || cr->lru_store == NULL) {
         snprintf(load_why, sizeof load_why, "out of memory");
         goto fail;
     }
-    br_ssl_session_cache_lru_init(cr->lru, cr->lru_store, (size_t)SERVER_CACHE_ENTRIES * 100);
+    br_ssl_session_cache_lru_init(&cr->cache->lru, cr->lru_store, (size_t)SERVER_CACHE_ENTRIES * 100);
+    cr->cache->vtable = &server_cache_class;
     return cr;
 fail:
     tls_server_cred_free(cr);
@@ -684,7 +721,7 @@ void tls_server_cred_free(tls_server_cred *c)
     if (c->lru_store != NULL)
         explicit_bzero(c->lru_store, (size_t)SERVER_CACHE_ENTRIES * 100);
     free(c->lru_store);
-    free(c->lru);
+    free(c->cache);
     free(c);
 }
 
@@ -757,7 +794,7 @@ tls_conn *tls_server_new(const tls_server_cred *cred)
         br_ssl_server_init_full_rsa(&c->u.sc, cred->chain, cred->chain_len, &cred->rsa);
     br_ssl_engine_set_buffer(c->eng, c->iobuf, sizeof c->iobuf, 1);
     br_ssl_engine_add_flags(c->eng, BR_OPT_NO_RENEGOTIATION);
-    br_ssl_server_set_cache(&c->u.sc, &cred->lru->vtable);
+    br_ssl_server_set_cache(&c->u.sc, &cred->cache->vtable);
     if (!br_ssl_server_reset(&c->u.sc))
         fail_engine(c, br_ssl_engine_last_error(c->eng));
     return c;

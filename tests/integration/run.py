@@ -2179,6 +2179,37 @@ def start_plain_gateway(ctx, name, args, env):
     return p, int(m.group(1)), got[1]
 
 
+
+
+@test(('tls',))
+def tls_sessions_resumed(ctx):
+    """New upstream TLS connections resume the session the gateway cached."""
+    gw, m = ctx.gw, ctx.mock
+    check(post_chat(gw.port).status == 200, 'warm-up request failed')
+    before = m.stats()
+    conns = []
+    try:
+        # three streams at once need three upstream connections: at least two are new
+        for _ in range(3):
+            c = HTTPConn(gw.port)
+            c.send(build_request('POST', '/v1/chat/completions', chat_headers(gw.port, n=3, delay=150),
+                                 chat_body(True)))
+            conns.append(c)
+        for c in conns:
+            head = c.read_head(5)
+            check(head.status == 200, 'stream answered %d' % head.status)
+            st = read_stream(c, head, 10)
+            check(st.terminated, 'stream did not end: ' + st.describe())
+    finally:
+        for c in conns:
+            c.close()
+    after = m.stats()
+    new = after['total'] - before['total']
+    resumed = after['resumed'] - before['resumed']
+    figure('tls resumption: %d new upstream connections, %d resumed' % (new, resumed))
+    check(new >= 2, 'expected new upstream connections, got %d' % new)
+    check(resumed == new, '%d of %d new upstream TLS connections resumed the cached session' % (resumed, new))
+
 @test(ANY, timeout=25)
 def demo_upstream_without_key(ctx):
     """§2: no key and no upstream → the built-in demo, said on the first log line;

@@ -418,7 +418,7 @@ static void roundtrip(const char *chain, const char *key)
     CHECK(run(&p.cli, &p.srv, exchanged));
     CHECK(!p.cli.err && !p.srv.err);
     CHECK(tls_handshake_done(p.cli.c) && tls_handshake_done(p.srv.c));
-    CHECK(!tls_resumed(p.cli.c));
+    CHECK(!tls_resumed(p.cli.c) && !tls_resumed(p.srv.c));
     CHECK_EQ_SIZE(p.srv.in_len, a_len);
     CHECK_EQ_SIZE(p.cli.in_len, b_len);
     CHECK(p.cli.short_writes > 0 && p.srv.short_writes > 0);
@@ -550,6 +550,8 @@ static bool connect_once(const tls_trust *trust, const tls_server_cred *cred,
           p.cli.in_len == 5 && memcmp(p.cli.in, "pong!", 5) == 0 && p.srv.in_len == 4 &&
           memcmp(p.srv.in, "ping", 4) == 0;
     bool resumed = tls_resumed(p.cli.c);
+    /* both ends must agree on what happened */
+    *ok = *ok && tls_resumed(p.srv.c) == resumed;
     tls_close(p.cli.c, p.cli.fd);
     *ok = *ok && run(&p.cli, &p.srv, both_eof) && !p.cli.err && !p.srv.err;
     pair_close(&p);
