@@ -2184,7 +2184,7 @@ def start_plain_gateway(ctx, name, args, env):
 @test(('tls',))
 def tls_sessions_resumed(ctx):
     """New upstream TLS connections resume the session the gateway cached."""
-    gw, m = ctx.gw, ctx.mock
+    m, gw = ctx.pair('resume')  # its own pool: the shared one may hold idle connections
     check(post_chat(gw.port).status == 200, 'warm-up request failed')
     before = m.stats()
     conns = []
