@@ -225,7 +225,12 @@ static http_parse_result request_error(http_request *req, http_parse_result r, c
 http_parse_result http_parse_request(const char *buf, size_t len, size_t max_head, size_t max_target,
                                      size_t *scanned, http_request *req)
 {
+    /* A failed parse must not leave the previous request's slices behind:
+     * the caller logs what was understood. */
     req->error = NULL;
+    req->method_name = req->target = req->path = req->query = (slice){NULL, 0};
+    req->method = HTTP_OTHER;
+    req->header_count = 0;
     /* RFC 9112 §2.2: ignore empty lines before the request line. */
     size_t lead = 0;
     while (lead < len && (buf[lead] == '\r' || buf[lead] == '\n')) {

@@ -112,7 +112,11 @@ static int flush_out(client *c)
             return -1;
         c->out_start += (size_t)n;
     }
+    /* Drained: the queue goes back to the pool, so an idle connection that
+     * once had a slow moment does not keep half a megabyte. */
     c->out_start = c->out_len = 0;
+    pool_put(&c->srv->out_buffers, c->out);
+    c->out = NULL;
     return 0;
 }
 
@@ -158,7 +162,8 @@ static int client_send(client *c, const struct iovec *iov, size_t count)
     size_t sent = 0;
     if (pending_out(c) == 0) {
         while (sent < total) {
-            /* Skip what is already sent without copying the iovec array. */
+            /* The vector again, past what the socket already took (the data
+             * itself is not copied). */
             struct iovec local[64];
             size_t n = 0, skip = sent;
             for (size_t i = 0; i < count && n < 64; i++) {
