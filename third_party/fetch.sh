@@ -33,10 +33,10 @@ echo "$pins" | while read -r name version sum; do
         echo "third_party: $name: sha256 $got, expected $sum" >&2
         exit 1
     fi
-    dpkg-deb -x "$deb" "$work/root"
+    dpkg-deb -x "$deb" "$work/unpacked"
 done
 
 mkdir -p include lib
-cp -R "$work"/root/usr/include/. include/
-cp "$work"/root/usr/lib/*/libbearssl.a lib/
+cp -R "$work"/unpacked/usr/include/. include/
+cp "$work"/unpacked/usr/lib/*/libbearssl.a lib/
 echo "third_party: libbearssl-dev and libjsmn-dev unpacked"
