@@ -112,22 +112,6 @@ void fakeai_format_chunk(wbuf *b, const fakeai_reply_meta *m, fakeai_chunk_kind 
     wbuf_put_char(b, '}');
 }
 
-/* Decimal digits only, at most `max`. */
-static bool parse_uint(slice s, uint64_t max, uint64_t *out)
-{
-    if (s.len == 0 || s.len > 19)
-        return false;
-    uint64_t v = 0;
-    for (size_t i = 0; i < s.len; i++) {
-        if (s.ptr[i] < '0' || s.ptr[i] > '9')
-            return false;
-        v = v * 10 + (uint64_t)(s.ptr[i] - '0');
-    }
-    if (v > max)
-        return false;
-    *out = v;
-    return true;
-}
 
 bool fakeai_parse_fault(slice v, fakeai_fault *out)
 {
@@ -161,8 +145,8 @@ bool fakeai_parse_fault(slice v, fakeai_fault *out)
             return true;
         slice arg = {colon + 1, v.len - name.len - 1};
         if (faults[i].kind == FAKEAI_FAULT_STATUS)
-            return parse_uint(arg, 599, &out->arg) && out->arg >= 200;
-        return parse_uint(arg, MAX_CHUNKS, &out->arg);
+            return slice_to_u64(arg, 599, &out->arg) && out->arg >= 200;
+        return slice_to_u64(arg, MAX_CHUNKS, &out->arg);
     }
     return false;
 }
@@ -974,7 +958,7 @@ static bool read_overrides(conn *c)
     const http_header *h = http_find_header(req->headers, req->header_count, SLICE_LIT("x-mock-chunks"));
     uint64_t v;
     if (h) {
-        if (!parse_uint(h->value, MAX_CHUNKS, &v)) {
+        if (!slice_to_u64(h->value, MAX_CHUNKS, &v)) {
             answer_error(c, 400, "X-Mock-Chunks must be an integer from 0 to 1000000.", "mock_error", NULL, NULL);
             return false;
         }
@@ -982,7 +966,7 @@ static bool read_overrides(conn *c)
     }
     h = http_find_header(req->headers, req->header_count, SLICE_LIT("x-mock-delay-ms"));
     if (h) {
-        if (!parse_uint(h->value, MAX_DELAY_MS, &v)) {
+        if (!slice_to_u64(h->value, MAX_DELAY_MS, &v)) {
             answer_error(c, 400, "X-Mock-Delay-Ms must be an integer from 0 to 3600000.", "mock_error", NULL, NULL);
             return false;
         }

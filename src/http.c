@@ -125,16 +125,7 @@ static http_parse_result parse_fields(const char **pos, const char *end, http_he
  * else is unrecoverable framing). */
 static bool parse_length(slice v, uint64_t *out)
 {
-    if (v.len == 0 || v.len > 15)
-        return false;
-    uint64_t n = 0;
-    for (size_t i = 0; i < v.len; i++) {
-        if (v.ptr[i] < '0' || v.ptr[i] > '9')
-            return false;
-        n = n * 10 + (uint64_t)(v.ptr[i] - '0');
-    }
-    *out = n;
-    return true;
+    return v.len <= 15 && slice_to_u64(v, UINT64_MAX, out);
 }
 
 /* Decides body framing and connection persistence from the fields. */

@@ -11,20 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Growing byte buffer that receives one object's decoded bytes. */
-typedef struct {
-    unsigned char *buf;
-    size_t len, cap;
-    bool oom;
-} der_sink;
-
-static void sink_append(void *ctx, const void *src, size_t len)
+void byte_sink_append(void *ctx, const void *src, size_t len)
 {
-    der_sink *s = ctx;
+    byte_sink *s = ctx;
     if (s->oom || len == 0)
         return;
     if (len > s->cap - s->len) {
-        size_t cap = s->cap ? s->cap : 2048;
+        size_t cap = s->cap ? s->cap : 256;
         while (len > cap - s->len)
             cap *= 2;
         unsigned char *nb = realloc(s->buf, cap);
@@ -60,7 +53,7 @@ void pem_free(pem_object *objs, size_t count)
 /* Everything the decoding loop carries, so that helpers can fail cleanly. */
 typedef struct {
     br_pem_decoder_context pc;
-    der_sink sink;
+    byte_sink sink;
     char *name; /* name of the object being decoded, NULL outside objects */
     pem_object *objs;
     size_t count, cap;
@@ -81,7 +74,7 @@ static int finish_object(pem_state *st)
     /* Shrink-wrap is not worth a copy: keep the sink's buffer as is. */
     st->objs[st->count++] = (pem_object){ st->name, st->sink.buf, st->sink.len };
     st->name = NULL;
-    st->sink = (der_sink){ 0 };
+    st->sink = (byte_sink){ 0 };
     return 0;
 }
 
@@ -90,7 +83,7 @@ static void drop_current(pem_state *st)
     free(st->name);
     st->name = NULL;
     wipe_free(st->sink.buf, st->sink.cap);
-    st->sink = (der_sink){ 0 };
+    st->sink = (byte_sink){ 0 };
 }
 
 /* Feeds bytes to the decoder, acting on every event it raises. Returns 0,
@@ -108,7 +101,7 @@ static int feed(pem_state *st, const unsigned char *p, size_t len, const char *p
             st->name = strdup(br_pem_decoder_name(&st->pc));
             if (st->name == NULL)
                 goto oom;
-            br_pem_decoder_setdest(&st->pc, sink_append, &st->sink);
+            br_pem_decoder_setdest(&st->pc, byte_sink_append, &st->sink);
             break;
         case BR_PEM_END_OBJ:
             if (st->name != NULL && finish_object(st) < 0)

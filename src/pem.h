@@ -3,7 +3,18 @@
 #ifndef SSEGATE_PEM_H
 #define SSEGATE_PEM_H
 
+#include <stdbool.h>
 #include <stddef.h>
+
+/* A growing byte buffer in the shape of BearSSL's output callbacks
+ * (void (*)(void *ctx, const void *buf, size_t len)): PEM objects, DNs. */
+typedef struct byte_sink {
+    unsigned char *buf;
+    size_t len, cap;
+    bool oom; /* an allocation failed: the bytes are incomplete */
+} byte_sink;
+
+void byte_sink_append(void *ctx, const void *src, size_t len);
 
 typedef struct pem_object {
     char *name;         /* banner name, upper case: "CERTIFICATE", "PRIVATE KEY" */

@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 typedef struct slice {
@@ -29,6 +30,23 @@ static inline bool slice_eq_nocase(slice a, slice b)
     for (size_t i = 0; i < a.len; i++)
         if (ascii_lower(a.ptr[i]) != ascii_lower(b.ptr[i]))
             return false;
+    return true;
+}
+
+/* Decimal digits only (at most 19, so no overflow), worth at most max. */
+static inline bool slice_to_u64(slice s, uint64_t max, uint64_t *out)
+{
+    if (s.len == 0 || s.len > 19)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < s.len; i++) {
+        if (s.ptr[i] < '0' || s.ptr[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(s.ptr[i] - '0');
+    }
+    if (v > max)
+        return false;
+    *out = v;
     return true;
 }
 

@@ -396,32 +396,6 @@ static int engine_status(tls_conn *c)
 
 /* ---- trust anchors ----------------------------------------------------- */
 
-typedef struct {
-    unsigned char *buf;
-    size_t len, cap;
-    bool oom;
-} byte_buf;
-
-static void dn_append(void *ctx, const void *src, size_t len)
-{
-    byte_buf *b = ctx;
-    if (b->oom || len == 0)
-        return;
-    if (len > b->cap - b->len) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (len > cap - b->len)
-            cap *= 2;
-        unsigned char *nb = realloc(b->buf, cap);
-        if (nb == NULL) {
-            b->oom = true;
-            return;
-        }
-        b->buf = nb;
-        b->cap = cap;
-    }
-    memcpy(b->buf + b->len, src, len);
-    b->len += len;
-}
 
 static bool is_cert_name(const char *name)
 {
@@ -433,8 +407,8 @@ static bool is_cert_name(const char *name)
 static int make_anchor(br_x509_trust_anchor *ta, const unsigned char *der, size_t len)
 {
     br_x509_decoder_context dc;
-    byte_buf dn = { 0 };
-    br_x509_decoder_init(&dc, dn_append, &dn);
+    byte_sink dn = { 0 };
+    br_x509_decoder_init(&dc, byte_sink_append, &dn);
     br_x509_decoder_push(&dc, der, len);
     const br_x509_pkey *pk = br_x509_decoder_get_pkey(&dc);
     size_t k1, k2;
