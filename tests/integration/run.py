@@ -1488,6 +1488,27 @@ def upstream_connect_refused_502(ctx):
     check(ping_ok(gw), 'gateway does not answer /ping after connect failures')
 
 
+@test(ANY)
+def connect_retries_counted(ctx):
+    """--retries: connect failures are tried again before the answer, still end in a
+    prompt 502, and the access log counts the retries."""
+    gw = Gateway(ctx.env.args.gateway, 'gw-retries', 'http://127.0.0.1:%d/v1' % dead_port(), None,
+                 gw_args('main') + ['--retries', '2'])
+    try:
+        t0 = time.monotonic()
+        r = post_chat(gw.port, stream=True, body=chat_body(True))
+        took = time.monotonic() - t0
+        check(r.status == 502, 'status %d body %s' % (r.status, short(r.body)))
+        check_error_shape(r.body, '502 body')
+        check(took < 2 * SCALE, 'three refused connects took %.2f s' % took)
+        rec = gw.wait_log(lambda x: x.get('path') == '/v1/chat/completions')
+        check(rec is not None and rec.get('retries') == 2,
+              'access log does not count 2 retries: %s' % (rec,))
+    finally:
+        gw.proc.stop()
+    check(gw.proc.p.returncode == 0, 'gw-retries exited %s on SIGTERM' % gw.proc.p.returncode)
+
+
 # --- malformed client requests --------------------------------------------------
 
 CHAT = b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
@@ -1520,6 +1541,28 @@ def malformed_request_400_close(ctx, case):
         check(r.status == 400, 'status %d body %s' % (r.status, short(r.body)))
         check_error_shape(r.body, '400 body')
         check(c.wait_closed(2), 'connection not closed after the 400')
+    finally:
+        c.close()
+
+
+UNSUPPORTED = {
+    'http2_version': (b'GET /ping HTTP/2.0\r\nHost: x\r\n\r\n', 505),
+    'te_gzip': (CHAT + b'Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n', 501),
+}
+
+
+@test(ANY, params=list(UNSUPPORTED))
+def unsupported_request_closes(ctx, case):
+    """Another HTTP version (505) or a transfer coding other than chunked (501): the
+    framing of what follows is unknown, so the connection closes after the answer."""
+    data, status = UNSUPPORTED[case]
+    c = HTTPConn(ctx.gw.port)
+    try:
+        c.try_send(data)
+        r = c.read_response(3)
+        check(r.status == status, 'status %d (want %d) body %s' % (r.status, status, short(r.body)))
+        check_error_shape(r.body, '%d body' % status)
+        check(c.wait_closed(2), 'connection not closed after the %d' % status)
     finally:
         c.close()
 
@@ -1918,6 +1961,41 @@ def slow_client_pauses(ctx):
 
 
 @test()
+def client_not_reading_is_dropped(ctx):
+    """§5: a client that stops reading while the gateway's buffer for it is full is
+    let go after --idle-timeout (1 s here): its connection and its upstream close, and
+    the log blames the client, not the upstream."""
+    gw = ctx.gw
+    n = 60000   # far more than the socket buffers and the 256 KiB queue hold
+    c = HTTPConn(gw.port)
+    t0 = time.monotonic()
+    try:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        c.send(build_request('POST', '/v1/chat/completions', chat_headers(gw.port, n=n), chat_body(True)))
+        rec = gw.wait_log(lambda x: x.get('error') == 'client stopped reading its answer', timeout=8)
+        took = time.monotonic() - t0
+        check(rec is not None, 'no access line blames the client within 8 s')
+        check(took < 6 * SCALE, 'a client not reading was dropped only after %.1f s' % took)
+        # what was sent still arrives, then the connection ends without the last chunk
+        data = bytearray()
+        c.sock.settimeout(5 * SCALE)
+        try:
+            while True:
+                chunk = c.sock.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+        check(not data.endswith(b'0\r\n\r\n'), 'the dropped stream ended as if complete')
+        check(data.count(b'"content":"tok') < n, 'the whole stream arrived although the client was dropped')
+        figure('client not reading: dropped after %.2f s (--idle-timeout 1s)' % took)
+    finally:
+        c.close()
+    check(ping_ok(gw), 'gateway does not answer /ping after dropping a slow client')
+
+
+@test()
 def backpressure_memory_bounded(ctx):
     """A client that stops reading: the gateway buffers a bounded amount (§5) and then
     relays the rest exactly once the client reads again. (On the gateway with a 30 s
@@ -2151,6 +2229,7 @@ def max_conns_503(ctx):
             r = c.read_response(3)
             check(r.status == 503, 'connection over --max-conns 3 answered %d' % r.status)
             check_error_shape(r.body, '503 body')
+            check(r.header('Retry-After') is not None, 'the 503 over --max-conns has no Retry-After')
         finally:
             c.close()
     finally:
