@@ -14,7 +14,7 @@ LDLIBS   := third_party/lib/libbearssl.a
 
 SAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
+LIB_SRC  := $(wildcard src/*/*.c)
 LIB_OBJ  := $(LIB_SRC:src/%.c=build/obj/%.o)
 SAN_OBJ  := $(LIB_SRC:src/%.c=build/asan/%.o)
 UNIT_SRC := $(wildcard tests/unit/*.c)
@@ -26,11 +26,13 @@ deps: $(DEPS_STAMP)
 $(DEPS_STAMP):
 	sh third_party/fetch.sh
 
-build/obj/%.o: src/%.c $(DEPS_STAMP) | build/obj
+build/obj/%.o: src/%.c $(DEPS_STAMP)
+	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
-build/asan/%.o: src/%.c $(DEPS_STAMP) | build/asan
+build/asan/%.o: src/%.c $(DEPS_STAMP)
+	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -std=c17 $(WARN) $(SAN_FLAGS) -MMD -MP -c $< -o $@
-build/obj build/asan build/fuzz:
+build/fuzz:
 	mkdir -p $@
 
 build/libssegate.a: $(LIB_OBJ)
@@ -72,7 +74,7 @@ test: $(TEST_BINS)
 clean:
 	rm -rf build ssegate tools/mock-upstream
 
--include $(wildcard build/obj/*.d build/asan/*.d)
+-include $(wildcard build/obj/*.d build/obj/*/*.d build/asan/*.d build/asan/*/*.d)
 
 bench: ssegate tools/mock-upstream
 	bench/run.sh $(BENCH_SECONDS)
@@ -85,12 +87,12 @@ bench: ssegate tools/mock-upstream
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := http_request http_response chunked sse url json
 FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_SRC_http_request  := src/http.c src/wbuf.c
-FUZZ_SRC_http_response := src/http.c src/wbuf.c
-FUZZ_SRC_chunked       := src/http.c src/wbuf.c
-FUZZ_SRC_sse           := src/sse.c src/http.c src/wbuf.c
-FUZZ_SRC_url           := src/url.c
-FUZZ_SRC_json          := src/json.c src/arena.c src/wbuf.c
+FUZZ_SRC_http_request  := src/http/http.c src/core/wbuf.c
+FUZZ_SRC_http_response := src/http/http.c src/core/wbuf.c
+FUZZ_SRC_chunked       := src/http/http.c src/core/wbuf.c
+FUZZ_SRC_sse           := src/gateway/sse.c src/http/http.c src/core/wbuf.c
+FUZZ_SRC_url           := src/upstream/url.c
+FUZZ_SRC_json          := src/gateway/json.c src/core/arena.c src/core/wbuf.c
 
 define FUZZ_RULE
 build/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).c tests/fuzz/fuzz.h $(FUZZ_SRC_$(1)) $$(DEPS_STAMP) | build/fuzz

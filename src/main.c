@@ -4,13 +4,13 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "arena.h"
-#include "config.h"
-#include "fakeai.h"
-#include "log.h"
-#include "loop.h"
-#include "server.h"
-#include "upstream.h"
+#include "core/arena.h"
+#include "core/config.h"
+#include "demo/fakeai.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "http/server.h"
+#include "upstream/upstream.h"
 
 static const char demo_reply[] =
     "Hello! This is ssegate's demo upstream: no API key was given, so this reply streams from inside the "

@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "arena.h"
-#include "fakeai.h"
-#include "loop.h"
-#include "tls.h"
+#include "core/arena.h"
+#include "demo/fakeai.h"
+#include "core/loop.h"
+#include "upstream/tls.h"
 
 static void usage(FILE *to)
 {

@@ -3,7 +3,7 @@
  * call over the whole input gives; no call produces more than it consumes,
  * and until the end every byte offered is consumed. */
 #include "fuzz.h"
-#include "http.h"
+#include "http/http.h"
 
 typedef struct outcome {
     http_chunked_result result;

@@ -2,7 +2,7 @@
  * pieces with `scanned` carried between calls, must agree; every slice of a
  * parsed request lies inside its head and obeys the grammar. */
 #include "fuzz.h"
-#include "http.h"
+#include "http/http.h"
 
 enum { MAX_HEAD = 2048, MAX_TARGET = 512 };
 

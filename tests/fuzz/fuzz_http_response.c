@@ -2,7 +2,7 @@
  * every shorter prefix and the same head in every longer one; framing
  * follows the status and the request method. */
 #include "fuzz.h"
-#include "http.h"
+#include "http/http.h"
 
 enum { MAX_HEAD = 2048 };
 

@@ -3,9 +3,9 @@
  * within reason), and when the usage edit is active the edited body must
  * still be valid, now streaming with include_usage true and needing no
  * edit. Inputs jsmn takes although they are not JSON are only counted. */
-#include "arena.h"
+#include "core/arena.h"
 #include "fuzz.h"
-#include "json.h"
+#include "gateway/json.h"
 
 enum { SANE_DEPTH = 32 };
 

@@ -4,7 +4,7 @@
  * The events must be the same as with the whole input at once, and together
  * be exactly the input (a leading BOM is consumed but not in any raw). */
 #include "fuzz.h"
-#include "sse.h"
+#include "gateway/sse.h"
 
 enum { MAX_EVENTS = 4096 };
 

@@ -1,7 +1,7 @@
 /* Upstream URLs: whatever is accepted is well-formed, and the URL rebuilt
  * from the parts (scheme, Host header, path) parses back to the same parts. */
 #include "fuzz.h"
-#include "url.h"
+#include "upstream/url.h"
 
 static url first, second;
 

@@ -2487,6 +2487,16 @@ def logs_have_no_secrets(ctx):
 # ---------------------------------------------------------------------------
 # Runner
 
+
+# Further suites live beside this file as suite_*.py; they share this module's
+# helpers and register their tests with @test like the ones above.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _name in sorted(os.listdir(_HERE)):
+    if _name.startswith('suite_') and _name.endswith('.py'):
+        with open(os.path.join(_HERE, _name)) as _f:
+            exec(compile(_f.read(), os.path.join(_HERE, _name), 'exec'), globals())
+
+
 def run_test(env, name, fn, mode, timeout, param):
     ctx = Ctx(env, mode)
     res = {}

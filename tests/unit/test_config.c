@@ -1,7 +1,7 @@
 /* Durations and sizes as the flags and environment give them. */
 #include <stdint.h>
 
-#include "config.h"
+#include "core/config.h"
 #include "unit.h"
 
 static void check_duration(const char *text, uint64_t want)

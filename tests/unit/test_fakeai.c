@@ -1,7 +1,7 @@
 /* fakeai: the content-token rule, word splitting, chunk JSON (checked with
  * the relay's own JSON inspector), fault parsing, and one in-process round
  * trip through the reactor (start, a streamed request, stats, stop). */
-#include "fakeai.h"
+#include "demo/fakeai.h"
 #include "unit.h"
 
 #include <arpa/inet.h>
@@ -13,8 +13,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "arena.h"
-#include "json.h"
+#include "core/arena.h"
+#include "gateway/json.h"
 
 static const char probe[] = "q\"b\\s\n<\xc3\xa9\xf0\x9f\x98\x80> ";
 

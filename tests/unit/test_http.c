@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http.h"
+#include "http/http.h"
 #include "unit.h"
 
 enum { MAX_HEAD = 16 * 1024, MAX_TARGET = 8 * 1024 };

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
+#include "gateway/json.h"
 #include "unit.h"
 
 /* The body with the edit applied (or as is when the edit is inactive). */

@@ -7,7 +7,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#include "loop.h"
+#include "core/loop.h"
 #include "unit.h"
 
 /* ---- timers ---- */

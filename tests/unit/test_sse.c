@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sse.h"
+#include "gateway/sse.h"
 #include "unit.h"
 
 enum { MAX_EVENTS = 32, MAX_RAW = 256 };

@@ -1,7 +1,7 @@
 /* tls.c end to end: a client and a server tls_conn over a non-blocking
  * socketpair, pumped with poll() from one thread. Certificates are made on
  * the fly with the openssl command line in a temporary directory. */
-#include "tls.h"
+#include "upstream/tls.h"
 #include "unit.h"
 
 #include <arpa/inet.h>
@@ -17,9 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "arena.h"
-#include "fakeai.h"
-#include "loop.h"
+#include "core/arena.h"
+#include "demo/fakeai.h"
+#include "core/loop.h"
 
 /* ---- fixture: certificates ------------------------------------------------ */
 

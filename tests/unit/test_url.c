@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "unit.h"
-#include "url.h"
+#include "upstream/url.h"
 
 static void check_url(const char *text, bool tls, const char *host, unsigned port, const char *path,
                       const char *host_header)

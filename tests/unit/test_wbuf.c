@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "unit.h"
-#include "wbuf.h"
+#include "core/wbuf.h"
 
 static const char *text_of(wbuf *b)
 {

@@ -5,9 +5,9 @@
 
 #include <stdint.h>
 
-#include "config.h"
-#include "loop.h"
-#include "slice.h"
+#include "core/config.h"
+#include "core/loop.h"
+#include "core/slice.h"
 
 typedef struct access_record {
     slice req_id, method, path, client, model, upstream;

@@ -1,4 +1,4 @@
-#include "fakeai.h"
+#include "demo/fakeai.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -13,9 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "arena.h"
-#include "http.h"
-#include "json.h"
+#include "core/arena.h"
+#include "http/http.h"
+#include "gateway/json.h"
 
 enum {
     IN_INITIAL = 16 * 1024,

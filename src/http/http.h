@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "slice.h"
+#include "core/slice.h"
 
 enum { HTTP_MAX_HEADERS = 100 };
 

@@ -1,8 +1,8 @@
-#include "http.h"
+#include "http/http.h"
 
 #include <string.h>
 
-#include "wbuf.h"
+#include "core/wbuf.h"
 
 /* tchar of RFC 9110 §5.6.2 */
 static bool is_tchar(unsigned char c)

@@ -1,12 +1,12 @@
-#include "relay.h"
+#include "gateway/relay.h"
 
 #include <errno.h>
 #include <string.h>
 #include <sys/epoll.h>
 
-#include "json.h"
-#include "sse.h"
-#include "wbuf.h"
+#include "gateway/json.h"
+#include "gateway/sse.h"
+#include "core/wbuf.h"
 
 typedef enum relay_state {
     RELAY_CONNECTING,

@@ -1,4 +1,4 @@
-#include "json.h"
+#include "gateway/json.h"
 
 #define JSMN_STATIC
 #define JSMN_STRICT

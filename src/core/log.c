@@ -1,11 +1,11 @@
-#include "log.h"
+#include "core/log.h"
 
 #include <errno.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "wbuf.h"
+#include "core/wbuf.h"
 
 static log_format format = LOG_JSON;
 

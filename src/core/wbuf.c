@@ -1,4 +1,4 @@
-#include "wbuf.h"
+#include "core/wbuf.h"
 
 #include <string.h>
 

@@ -1,4 +1,4 @@
-#include "pem.h"
+#include "upstream/pem.h"
 
 /* BearSSL's inline helpers trip -Wconversion; they are not our code. */
 #pragma GCC diagnostic push

@@ -7,9 +7,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "arena.h"
-#include "slice.h"
-#include "wbuf.h"
+#include "core/arena.h"
+#include "core/slice.h"
+#include "core/wbuf.h"
 
 /* One splice of a body: replace `remove` bytes at `at` with `insert`. */
 typedef struct json_edit {

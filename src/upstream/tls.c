@@ -1,6 +1,6 @@
-#include "tls.h"
+#include "upstream/tls.h"
 
-#include "pem.h"
+#include "upstream/pem.h"
 
 /* BearSSL's inline helpers trip -Wconversion; they are not our code. */
 #pragma GCC diagnostic push

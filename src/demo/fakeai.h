@@ -10,10 +10,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "loop.h"
-#include "slice.h"
-#include "tls.h"
-#include "wbuf.h"
+#include "core/loop.h"
+#include "core/slice.h"
+#include "upstream/tls.h"
+#include "core/wbuf.h"
 
 typedef struct fakeai fakeai;
 

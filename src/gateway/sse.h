@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <sys/uio.h>
 
-#include "slice.h"
+#include "core/slice.h"
 
 /* What is known of the pending event so far; offsets are from its start,
  * so the caller may move the pending bytes between calls. */

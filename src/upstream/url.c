@@ -1,4 +1,4 @@
-#include "url.h"
+#include "upstream/url.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>

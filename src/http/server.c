@@ -1,4 +1,4 @@
-#include "server.h"
+#include "http/server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -14,12 +14,12 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "arena.h"
-#include "http.h"
-#include "json.h"
-#include "log.h"
-#include "relay.h"
-#include "wbuf.h"
+#include "core/arena.h"
+#include "http/http.h"
+#include "gateway/json.h"
+#include "core/log.h"
+#include "gateway/relay.h"
+#include "core/wbuf.h"
 
 enum {
     IN_BUFFER = 32 * 1024,

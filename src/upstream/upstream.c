@@ -1,4 +1,4 @@
-#include "upstream.h"
+#include "upstream/upstream.h"
 
 #include <errno.h>
 #include <limits.h>

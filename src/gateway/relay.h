@@ -9,12 +9,12 @@
 #include <stddef.h>
 #include <sys/uio.h>
 
-#include "arena.h"
-#include "config.h"
-#include "http.h"
-#include "log.h"
-#include "loop.h"
-#include "upstream.h"
+#include "core/arena.h"
+#include "core/config.h"
+#include "http/http.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "upstream/upstream.h"
 
 /* The client as the relay sees it: where bytes go, nothing more. */
 typedef struct relay_sink {

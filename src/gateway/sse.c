@@ -1,8 +1,8 @@
-#include "sse.h"
+#include "gateway/sse.h"
 
 #include <string.h>
 
-#include "http.h"
+#include "http/http.h"
 
 static size_t bom_length(const char *buf, size_t len)
 {

@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "slice.h"
+#include "core/slice.h"
 
 typedef struct wbuf {
     char *ptr;

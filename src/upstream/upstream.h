@@ -11,9 +11,9 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
-#include "loop.h"
-#include "tls.h"
-#include "url.h"
+#include "core/loop.h"
+#include "upstream/tls.h"
+#include "upstream/url.h"
 
 enum { UPSTREAM_MAX_ADDRS = 8 };
 

@@ -5,9 +5,9 @@
 
 #include <stdbool.h>
 
-#include "config.h"
-#include "loop.h"
-#include "upstream.h"
+#include "core/config.h"
+#include "core/loop.h"
+#include "upstream/upstream.h"
 
 typedef struct server server;
 
