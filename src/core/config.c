@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum opt_kind { OPT_STRING, OPT_DURATION, OPT_SIZE, OPT_COUNT, OPT_FLAG, OPT_KEYFILE, OPT_LOGFMT } opt_kind;
+typedef enum opt_kind { OPT_STRING, OPT_DURATION, OPT_DURATION0, OPT_SIZE, OPT_COUNT, OPT_FLAG, OPT_KEYFILE, OPT_LOGFMT } opt_kind;
 
 typedef struct option {
     const char *flag, *env, *fallback, *help;
@@ -19,8 +19,15 @@ static const option options[] = {
     {"--listen", "SSEGATE_LISTEN", "127.0.0.1:8080", "address to listen on, ADDR:PORT (port 0 picks one)", OPT_STRING, AT(listen)},
     {"--upstream", "OPENAI_BASE_URL", NULL, "upstream base URL, or 'demo' (default https://api.openai.com/v1 with a key, else demo)", OPT_STRING, AT(upstream)},
     {"--upstream-key-file", NULL, NULL, "file holding the upstream API key (else OPENAI_API_KEY)", OPT_KEYFILE, AT(upstream_key)},
+    {"--upstream-org", "OPENAI_ORG_ID", NULL, "OpenAI-Organization sent upstream (the client's is dropped)", OPT_STRING, AT(upstream_org)},
+    {"--upstream-project", "OPENAI_PROJECT_ID", NULL, "OpenAI-Project sent upstream (the client's is dropped)", OPT_STRING, AT(upstream_project)},
     {"--ca-file", "SSEGATE_CA_FILE", "/etc/ssl/certs/ca-certificates.crt", "PEM bundle that upstream certificates are verified against", OPT_STRING, AT(ca_file)},
-    {"--keys-file", "SSEGATE_KEYS_FILE", NULL, "client keys, one 'KEY [name]' per line (none: no client auth, loopback only)", OPT_STRING, AT(keys_file)},
+    {"--keys-file", "SSEGATE_KEYS_FILE", NULL, "client keys, 'KEY [name] [rpm] [tpm] [streams]' per line (none: no client auth, loopback only)", OPT_STRING, AT(keys_file)},
+    {"--jwt-secret-file", "SSEGATE_JWT_SECRET_FILE", NULL, "HS256/384/512 secret for client JWTs", OPT_STRING, AT(jwt_secret_file)},
+    {"--jwt-keys-file", "SSEGATE_JWT_KEYS_FILE", NULL, "PEM public keys or a JWKS file for RS256/384/512, ES256/384 client JWTs", OPT_STRING, AT(jwt_keys_file)},
+    {"--jwt-issuer", "SSEGATE_JWT_ISSUER", NULL, "required JWT iss (default: not checked)", OPT_STRING, AT(jwt_issuer)},
+    {"--jwt-audience", "SSEGATE_JWT_AUDIENCE", NULL, "required JWT aud (default: not checked)", OPT_STRING, AT(jwt_audience)},
+    {"--jwt-leeway", "SSEGATE_JWT_LEEWAY", "30s", "clock skew allowed for JWT exp/nbf", OPT_DURATION0, AT(jwt_leeway_ms)},
     {"--allow-anonymous", NULL, NULL, "allow no client auth on a non-loopback address", OPT_FLAG, AT(allow_anonymous)},
     {"--connect-timeout", "SSEGATE_CONNECT_TIMEOUT", "3s", "upstream connect and TLS handshake", OPT_DURATION, AT(connect_timeout_ms)},
     {"--first-byte-timeout", "SSEGATE_FIRST_BYTE_TIMEOUT", "120s", "upstream time to its first response byte", OPT_DURATION, AT(first_byte_timeout_ms)},
@@ -34,6 +41,8 @@ static const option options[] = {
     {"--retries", "SSEGATE_RETRIES", "2", "upstream retries before the first byte reaches the client", OPT_COUNT, AT(retries)},
     {"--log-format", "SSEGATE_LOG_FORMAT", "json", "json or text", OPT_LOGFMT, AT(log_format)},
     {"--workers", "SSEGATE_WORKERS", "1", "processes sharing the port (SO_REUSEPORT)", OPT_COUNT, AT(workers)},
+    {"--metrics-token-file", "SSEGATE_METRICS_TOKEN_FILE", NULL, "bearer token required for /metrics (default: open)", OPT_STRING, AT(metrics_token_file)},
+    {"--metrics-max-clients", "SSEGATE_METRICS_MAX_CLIENTS", "1000", "distinct client names in metrics; the rest count as 'other'", OPT_COUNT, AT(metrics_max_clients)},
 };
 
 enum { OPTION_COUNT = sizeof options / sizeof options[0] };
@@ -43,14 +52,14 @@ static void usage(FILE *out)
     fputs("usage: ssegate [options]\n\nAn OpenAI-compatible streaming gateway.\n\n", out);
     for (size_t i = 0; i < OPTION_COUNT; i++) {
         const option *o = &options[i];
-        fprintf(out, "  %-22s %s", o->flag, o->help);
+        fprintf(out, "  %-24s %s", o->flag, o->help);
         if (o->env)
             fprintf(out, " [env %s]", o->env);
         if (o->fallback)
             fprintf(out, " (default %s)", o->fallback);
         fputc('\n', out);
     }
-    fputs("  --help                 this text\n\nThe upstream key comes from OPENAI_API_KEY or "
+    fputs("  --help                   this text\n\nThe upstream key comes from OPENAI_API_KEY or "
           "--upstream-key-file.\nDurations take ms, s or m; sizes take KiB, MiB (or k, M).\n",
           out);
 }
@@ -150,7 +159,9 @@ static int apply(config *c, const option *o, const char *value, const char *sour
         return 0;
     }
     case OPT_DURATION:
-        if (parse_duration_ms(value, (uint64_t *)(void *)field) != 0 || *(uint64_t *)(void *)field == 0)
+    case OPT_DURATION0:
+        if (parse_duration_ms(value, (uint64_t *)(void *)field) != 0 ||
+            (o->kind == OPT_DURATION && *(uint64_t *)(void *)field == 0))
             break;
         return 0;
     case OPT_SIZE:

@@ -23,6 +23,13 @@ typedef struct config {
     unsigned retries;
     log_format log_format;
     unsigned workers;
+    /* client auth (§3) */
+    const char *jwt_secret_file, *jwt_keys_file, *jwt_issuer, *jwt_audience;
+    uint64_t jwt_leeway_ms;
+    /* sent upstream next to the key, instead of the client's */
+    const char *upstream_org, *upstream_project;
+    const char *metrics_token_file;
+    unsigned metrics_max_clients;
 } config;
 
 /* Fills *c from argv and the environment. Returns 0 to run, 1 when --help
