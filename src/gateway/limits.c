@@ -4,6 +4,9 @@ enum { WINDOW_US = 60 * 1000 * 1000 };
 
 static uint64_t max_u64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
+/* Saturating, so a huge charge stays huge instead of wrapping to "free". */
+static uint64_t add_sat(uint64_t a, uint64_t b) { return b > UINT64_MAX - a ? UINT64_MAX : a + b; }
+
 static uint64_t seconds_up(uint64_t us)
 {
     uint64_t s = (us + 999999) / 1000000;
@@ -14,7 +17,8 @@ static uint64_t seconds_up(uint64_t us)
  * a budget of tpm tokens is one whole window. */
 static uint64_t token_cost_us(const limit_spec *spec, uint64_t tokens)
 {
-    return (uint64_t)(((unsigned __int128)tokens * WINDOW_US) / spec->tpm);
+    unsigned __int128 us = ((unsigned __int128)tokens * WINDOW_US) / spec->tpm;
+    return us > UINT64_MAX ? UINT64_MAX : (uint64_t)us;
 }
 
 bool limits_admit(limit_state *st, const limit_spec *spec, uint64_t now_us, bool stream, limit_verdict *v)
@@ -27,6 +31,10 @@ bool limits_admit(limit_state *st, const limit_spec *spec, uint64_t now_us, bool
         v->limit_requests = spec->rpm;
         uint64_t tat = max_u64(st->req_tat_us, now_us);
         v->reset_requests_us = tat - now_us;
+        /* What is left without this request: right when tokens or
+         * streams refuse it, replaced below when it is admitted. */
+        uint64_t horizon = now_us + tolerance + interval;
+        v->remaining_requests = tat < horizon ? (horizon - tat) / interval : 0;
         if (tat > now_us + tolerance) {
             v->refused = REFUSED_REQUESTS;
             v->retry_after_s = seconds_up(tat - now_us - tolerance);
@@ -39,9 +47,11 @@ bool limits_admit(limit_state *st, const limit_spec *spec, uint64_t now_us, bool
         v->reset_tokens_us = tat - now_us;
         uint64_t left_us = tat - now_us < WINDOW_US ? WINDOW_US - (tat - now_us) : 0;
         v->remaining_tokens = (uint64_t)(((unsigned __int128)left_us * spec->tpm) / WINDOW_US);
-        if (left_us == 0 && v->refused == REFUSED_NONE) {
-            v->refused = REFUSED_TOKENS;
-            v->retry_after_s = seconds_up(tat - now_us - WINDOW_US + 1);
+        if (left_us == 0) {
+            /* Out of requests too: Retry-After waits for both. */
+            if (v->refused == REFUSED_NONE)
+                v->refused = REFUSED_TOKENS;
+            v->retry_after_s = max_u64(v->retry_after_s, seconds_up(tat - now_us - WINDOW_US + 1));
         }
     }
     if (spec->streams && stream && st->streams >= spec->streams && v->refused == REFUSED_NONE) {
@@ -65,7 +75,7 @@ void limits_charge_tokens(limit_state *st, const limit_spec *spec, uint64_t now_
 {
     if (!spec->tpm || tokens == 0)
         return;
-    st->tok_tat_us = max_u64(st->tok_tat_us, now_us) + token_cost_us(spec, tokens);
+    st->tok_tat_us = add_sat(max_u64(st->tok_tat_us, now_us), token_cost_us(spec, tokens));
 }
 
 void limits_stream_ended(limit_state *st)
@@ -76,7 +86,7 @@ void limits_stream_ended(limit_state *st)
 
 void limits_put_duration(wbuf *b, uint64_t us)
 {
-    uint64_t ms = (us + 999) / 1000;
+    uint64_t ms = us / 1000 + (us % 1000 != 0); /* up, without wrapping near UINT64_MAX */
     if (ms < 1000) {
         wbuf_put_u64(b, ms);
         wbuf_puts(b, "ms");
