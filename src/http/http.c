@@ -17,6 +17,31 @@ static bool is_field_char(unsigned char c) { return c == '\t' || (c >= 0x20 && c
 
 static bool is_target_char(unsigned char c) { return c > 0x20 && c < 0x7f; }
 
+static bool is_ws(unsigned char c) { return c == ' ' || c == '\t'; }
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* True when every line end in p[0..n) is CRLF, or every one a bare LF. */
+static bool line_ends_agree(const char *p, size_t n)
+{
+    int kind = 0; /* 1: CRLF seen, 2: bare LF seen */
+    for (const char *nl = memchr(p, '\n', n); nl; nl = memchr(nl + 1, '\n', n - (size_t)(nl + 1 - p))) {
+        kind |= nl > p && nl[-1] == '\r' ? 1 : 2;
+        if (kind == 3)
+            return false;
+    }
+    return true;
+}
+
 /* Finds the end of a head: the byte after the empty line. Lines end in CRLF
  * or a lone LF (RFC 9112 §2.2 lets a recipient accept it). */
 static size_t find_head_end(const char *buf, size_t len, size_t *scanned)
@@ -207,6 +232,225 @@ static int parse_version(slice v)
     return v.ptr[7] - '0';
 }
 
+enum { METHOD_MAX = 32, VERSION_LEN = 8 };
+
+/* The request line as far as its bytes go. */
+typedef struct request_line {
+    slice method, target, version;
+    size_t len; /* with its line end; 0 while the line end has not arrived */
+} request_line;
+
+/* Judges `method SP request-target SP HTTP-version` byte by byte, from the
+ * first byte on: INCOMPLETE while the bytes so far can still grow into a
+ * valid line, DONE once the whole line is in and valid. The verdict on a
+ * byte never depends on the bytes after it, so a prefix is rejected exactly
+ * when, and as, the whole would be. */
+static http_parse_result scan_request_line(const char *p, size_t n, size_t max_target, request_line *rl,
+                                           const char **error)
+{
+    size_t i = 0;
+    for (; i < n && p[i] != ' '; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (is_tchar(c) && i < METHOD_MAX)
+            continue;
+        if (is_tchar(c))
+            *error = "request method too long";
+        else if (i == 0 && c == 0x16) /* the record type of a TLS handshake */
+            *error = "not an HTTP request (is this TLS on a plain port?)";
+        else if (i == 0 || c == '\r' || c == '\n')
+            *error = "malformed request line";
+        else
+            *error = "invalid character in method";
+        return HTTP_PARSE_BAD_REQUEST;
+    }
+    if (i == 0 && n > 0) {
+        *error = "malformed request line";
+        return HTTP_PARSE_BAD_REQUEST;
+    }
+    if (i == n)
+        return HTTP_PARSE_INCOMPLETE;
+    rl->method = (slice){p, i};
+
+    size_t target = ++i;
+    for (; i < n && p[i] != ' '; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c == '\r' || c == '\n') { /* a line end here leaves no version */
+            *error = "malformed request line";
+            return HTTP_PARSE_BAD_REQUEST;
+        }
+        if (!is_target_char(c)) {
+            *error = "invalid character in request target";
+            return HTTP_PARSE_BAD_REQUEST;
+        }
+        if (i - target == max_target) {
+            *error = "request target too long";
+            return HTTP_PARSE_URI_TOO_LONG;
+        }
+    }
+    if (i == target && i < n) {
+        *error = "malformed request line";
+        return HTTP_PARSE_BAD_REQUEST;
+    }
+    if (i == n)
+        return HTTP_PARSE_INCOMPLETE;
+    rl->target = (slice){p + target, i - target};
+
+    /* "HTTP/" DIGIT "." DIGIT, then CRLF or LF */
+    static const char shape[] = "HTTP/#.#";
+    size_t version = ++i;
+    for (; i < n && i - version < VERSION_LEN; i++) {
+        char want = shape[i - version], c = p[i];
+        if (want == '#' ? c < '0' || c > '9' : c != want) {
+            *error = "malformed HTTP version";
+            return HTTP_PARSE_BAD_REQUEST;
+        }
+    }
+    if (i == n)
+        return HTTP_PARSE_INCOMPLETE;
+    if (p[i] == '\r') {
+        if (i + 1 == n)
+            return HTTP_PARSE_INCOMPLETE;
+        if (p[i + 1] != '\n') {
+            *error = "bare CR in request line";
+            return HTTP_PARSE_BAD_REQUEST;
+        }
+        rl->len = i + 2;
+    } else if (p[i] == '\n') {
+        rl->len = i + 1;
+    } else {
+        *error = "malformed HTTP version";
+        return HTTP_PARSE_BAD_REQUEST;
+    }
+    rl->version = (slice){p + version, VERSION_LEN};
+    if (parse_version(rl->version) < 0) {
+        *error = "HTTP version not supported";
+        return HTTP_PARSE_BAD_VERSION;
+    }
+    return HTTP_PARSE_DONE;
+}
+
+/* unreserved and sub-delims of RFC 3986 §2.2-2.3 */
+static bool is_unreserved(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '.' ||
+           c == '_' || c == '~';
+}
+
+static bool is_sub_delim(unsigned char c) { return c != 0 && strchr("!$&'()*+,;=", c) != NULL; }
+
+/* dec-octet "." dec-octet "." dec-octet "." dec-octet, no leading zeros */
+static bool is_ipv4(slice s)
+{
+    size_t i = 0;
+    for (int octet = 0; octet < 4; octet++) {
+        if (octet > 0) {
+            if (i == s.len || s.ptr[i] != '.')
+                return false;
+            i++;
+        }
+        size_t start = i;
+        unsigned value = 0;
+        while (i < s.len && i - start < 3 && s.ptr[i] >= '0' && s.ptr[i] <= '9')
+            value = value * 10 + (unsigned)(s.ptr[i++] - '0');
+        size_t digits = i - start;
+        if (digits == 0 || value > 255 || (digits > 1 && s.ptr[start] == '0'))
+            return false;
+    }
+    return i == s.len;
+}
+
+/* IPv6address of RFC 3986 §3.2.2: eight groups of 1-4 hex digits, or fewer
+ * with one "::" standing for the rest; the last two may be an IPv4 address. */
+static bool is_ipv6(slice s)
+{
+    size_t i = 0, groups = 0;
+    bool elided = false;
+    if (s.len >= 2 && s.ptr[0] == ':' && s.ptr[1] == ':') {
+        elided = true;
+        i = 2;
+    }
+    while (i < s.len) {
+        size_t start = i;
+        while (i < s.len && i - start < 5 && hex_value(s.ptr[i]) >= 0)
+            i++;
+        if (i < s.len && s.ptr[i] == '.') { /* the IPv4 tail, worth two groups */
+            if (!is_ipv4((slice){s.ptr + start, s.len - start}))
+                return false;
+            groups += 2;
+            break;
+        }
+        if (i == start || i - start > 4 || ++groups > 8)
+            return false;
+        if (i == s.len)
+            break;
+        if (s.ptr[i] != ':' || ++i == s.len) /* a single trailing ':' */
+            return false;
+        if (s.ptr[i] == ':') {
+            if (elided)
+                return false;
+            elided = true;
+            i++;
+        }
+    }
+    return elided ? groups <= 7 : groups == 8;
+}
+
+/* "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" ) */
+static bool is_ipvfuture(slice s)
+{
+    if (s.len < 4 || (s.ptr[0] != 'v' && s.ptr[0] != 'V'))
+        return false;
+    size_t i = 1;
+    while (i < s.len && hex_value(s.ptr[i]) >= 0)
+        i++;
+    if (i == 1 || i + 1 >= s.len || s.ptr[i] != '.')
+        return false;
+    for (i++; i < s.len; i++) {
+        unsigned char c = (unsigned char)s.ptr[i];
+        if (!is_unreserved(c) && !is_sub_delim(c) && c != ':')
+            return false;
+    }
+    return true;
+}
+
+/* Host = uri-host [ ":" port ] (RFC 9110 §7.2, RFC 3986 §3.2.2-3.2.3). */
+static bool host_is_valid(slice v)
+{
+    if (v.len == 0) /* RFC 9112 §3.2: the target has no authority */
+        return true;
+    size_t i = 0;
+    if (v.ptr[0] == '[') {
+        const char *close = memchr(v.ptr, ']', v.len);
+        if (!close)
+            return false;
+        slice literal = {v.ptr + 1, (size_t)(close - v.ptr) - 1};
+        if (!is_ipv6(literal) && !is_ipvfuture(literal))
+            return false;
+        i = (size_t)(close - v.ptr) + 1;
+    } else {
+        /* reg-name, which takes in IPv4address */
+        for (; i < v.len && v.ptr[i] != ':'; i++) {
+            unsigned char c = (unsigned char)v.ptr[i];
+            if (c == '%') {
+                if (v.len - i < 3 || hex_value(v.ptr[i + 1]) < 0 || hex_value(v.ptr[i + 2]) < 0)
+                    return false;
+                i += 2;
+            } else if (!is_unreserved(c) && !is_sub_delim(c)) {
+                return false;
+            }
+        }
+        if (i == 0) /* a port without a host */
+            return false;
+    }
+    if (i == v.len)
+        return true;
+    if (v.ptr[i] != ':')
+        return false;
+    slice port = {v.ptr + i + 1, v.len - i - 1};
+    uint64_t value;
+    return port.len == 0 || (port.len <= 5 && slice_to_u64(port, 65535, &value));
+}
+
 static http_parse_result request_error(http_request *req, http_parse_result r, const char *why)
 {
     req->error = why;
@@ -229,57 +473,47 @@ http_parse_result http_parse_request(const char *buf, size_t len, size_t max_hea
             break;
         lead++;
     }
+    /* A request line whose end an earlier call already searched past was
+     * judged whole then; the bytes before `*scanned` do not change. */
+    bool line_judged = *scanned > lead && *scanned <= len && memchr(buf + lead, '\n', *scanned - lead) != NULL;
     if (*scanned < lead)
         *scanned = lead;
     size_t end = find_head_end(buf, len, scanned);
+    request_line rl = {0};
     if (end == 0) {
-        /* While the head is incomplete, only its size can be judged. */
-        const char *nl = memchr(buf + lead, '\n', len - lead);
-        if (!nl && len - lead > max_target + 16)
-            return request_error(req, HTTP_PARSE_URI_TOO_LONG, "request line too long");
+        /* While the head is incomplete, its request line is judged as far as
+         * it goes (garbage fails at once, not at the header timeout), and its
+         * size. */
+        bool empty_line_pending = len - lead == 1 && buf[lead] == '\r'; /* its LF yet to come */
+        if (!line_judged && !empty_line_pending) {
+            http_parse_result r = scan_request_line(buf + lead, len - lead, max_target, &rl, &req->error);
+            if (r != HTTP_PARSE_INCOMPLETE && r != HTTP_PARSE_DONE)
+                return r;
+        }
         if (len > max_head)
             return request_error(req, HTTP_PARSE_HEADERS_TOO_LARGE, "request header section too large");
         return HTTP_PARSE_INCOMPLETE;
     }
-    if (end > max_head)
-        return request_error(req, HTTP_PARSE_HEADERS_TOO_LARGE, "request header section too large");
-
-    const char *pos = buf + lead, *stop = buf + end;
-    slice line;
-    if (!next_line(&pos, stop, &line))
-        return request_error(req, HTTP_PARSE_BAD_REQUEST, "bare CR in request line");
-
-    /* method SP request-target SP HTTP-version, single spaces */
-    const char *sp1 = memchr(line.ptr, ' ', line.len);
-    if (!sp1 || sp1 == line.ptr)
+    http_parse_result r = scan_request_line(buf + lead, end - lead, max_target, &rl, &req->error);
+    if (r == HTTP_PARSE_INCOMPLETE) /* not reached: [lead, end) holds a line end; rl.len needs one */
         return request_error(req, HTTP_PARSE_BAD_REQUEST, "malformed request line");
-    req->method_name = (slice){line.ptr, (size_t)(sp1 - line.ptr)};
-    for (size_t i = 0; i < req->method_name.len; i++)
-        if (!is_tchar((unsigned char)req->method_name.ptr[i]))
-            return request_error(req, HTTP_PARSE_BAD_REQUEST, "invalid character in method");
-    const char *target = sp1 + 1, *line_end = line.ptr + line.len;
-    const char *sp2 = memchr(target, ' ', (size_t)(line_end - target));
-    if (!sp2 || sp2 == target)
-        return request_error(req, HTTP_PARSE_BAD_REQUEST, "malformed request line");
-    req->target = (slice){target, (size_t)(sp2 - target)};
-    if (req->target.len > max_target)
-        return request_error(req, HTTP_PARSE_URI_TOO_LONG, "request target too long");
-    for (size_t i = 0; i < req->target.len; i++)
-        if (!is_target_char((unsigned char)req->target.ptr[i]))
-            return request_error(req, HTTP_PARSE_BAD_REQUEST, "invalid character in request target");
-    int minor = parse_version((slice){sp2 + 1, (size_t)(line_end - sp2 - 1)});
-    if (minor == -1)
-        return request_error(req, HTTP_PARSE_BAD_VERSION, "HTTP version not supported");
-    if (minor < 0)
-        return request_error(req, HTTP_PARSE_BAD_REQUEST, "malformed HTTP version");
+    if (r != HTTP_PARSE_DONE)
+        return r;
+    int minor = parse_version(rl.version);
+    req->method_name = rl.method;
+    req->target = rl.target;
     req->minor_version = minor;
     req->method = method_of(req->method_name);
-
     const char *q = memchr(req->target.ptr, '?', req->target.len);
     req->path = (slice){req->target.ptr, q ? (size_t)(q - req->target.ptr) : req->target.len};
     req->query = q ? (slice){q + 1, req->target.len - req->path.len - 1} : (slice){q, 0};
+    if (end > max_head)
+        return request_error(req, HTTP_PARSE_HEADERS_TOO_LARGE, "request header section too large");
+    if (!line_ends_agree(buf + lead, end - lead))
+        return request_error(req, HTTP_PARSE_BAD_REQUEST, "mixed line endings in the request head");
 
-    http_parse_result r = parse_fields(&pos, stop, req->headers, &req->header_count, &req->error);
+    const char *pos = buf + lead + rl.len, *stop = buf + end;
+    r = parse_fields(&pos, stop, req->headers, &req->header_count, &req->error);
     if (r != HTTP_PARSE_DONE)
         return r;
     r = framing(req->headers, req->header_count, minor, &req->body_kind, &req->content_length, &req->keep_alive,
@@ -288,15 +522,20 @@ http_parse_result http_parse_request(const char *buf, size_t len, size_t max_hea
         return r;
 
     size_t hosts = 0;
+    const http_header *host = NULL;
     req->expect_continue = false;
     for (size_t i = 0; i < req->header_count; i++) {
-        if (slice_eq_nocase(req->headers[i].name, SLICE_LIT("host")))
+        if (slice_eq_nocase(req->headers[i].name, SLICE_LIT("host"))) {
             hosts++;
-        else if (slice_eq_nocase(req->headers[i].name, SLICE_LIT("expect")))
+            host = &req->headers[i];
+        } else if (slice_eq_nocase(req->headers[i].name, SLICE_LIT("expect"))) {
             req->expect_continue = slice_eq_nocase(req->headers[i].value, SLICE_LIT("100-continue"));
+        }
     }
     if (hosts > 1 || (hosts == 0 && minor >= 1))
         return request_error(req, HTTP_PARSE_BAD_REQUEST, hosts ? "more than one Host header" : "missing Host header");
+    if (host && !host_is_valid(host->value))
+        return request_error(req, HTTP_PARSE_BAD_REQUEST, "invalid Host header");
     if (req->expect_continue && minor < 1)
         req->expect_continue = false;
     req->head_len = end;
@@ -324,6 +563,10 @@ http_parse_result http_parse_response(const char *buf, size_t len, size_t max_he
     if (end > max_head) {
         res->error = "response header section too large";
         return HTTP_PARSE_HEADERS_TOO_LARGE;
+    }
+    if (!line_ends_agree(buf, end)) {
+        res->error = "mixed line endings in the response head";
+        return HTTP_PARSE_BAD_REQUEST;
     }
     const char *pos = buf, *stop = buf + end;
     slice line;
@@ -420,17 +663,6 @@ const char *http_reason(int status)
 
 enum { CHUNK_OVERHEAD_MAX = 4096, CHUNK_SIZE_DIGITS_MAX = 15 };
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 size_t http_chunk_header(char out[18], size_t len)
 {
     wbuf b = wbuf_over(out, 18);
@@ -439,58 +671,134 @@ size_t http_chunk_header(char out[18], size_t len)
     return b.len;
 }
 
+/* The next state after byte c of a chunk line past its size digits:
+ *   *( BWS ";" BWS ext-name [ BWS "=" BWS ext-value ] ) CRLF
+ * (RFC 9112 §7.1.1), whitespace only where ';' or '=' comes after it. */
+static http_chunked_state chunk_ext_next(http_chunked_state s, unsigned char c)
+{
+    bool ws = is_ws(c);
+    switch (s) {
+    case CHUNK_SIZE:
+        return c == '\r' ? CHUNK_SIZE_LF : c == ';' ? CHUNK_EXT_NAME_START : ws ? CHUNK_EXT_BWS : CHUNK_INVALID;
+    case CHUNK_EXT_BWS:
+        return ws ? CHUNK_EXT_BWS : c == ';' ? CHUNK_EXT_NAME_START : CHUNK_INVALID;
+    case CHUNK_EXT_NAME_START:
+        return ws ? CHUNK_EXT_NAME_START : is_tchar(c) ? CHUNK_EXT_NAME : CHUNK_INVALID;
+    case CHUNK_EXT_NAME:
+        if (is_tchar(c))
+            return CHUNK_EXT_NAME;
+        if (c == '\r')
+            return CHUNK_SIZE_LF;
+        return ws ? CHUNK_EXT_NAME_BWS : chunk_ext_next(CHUNK_EXT_NAME_BWS, c); /* '=' or ';' as after BWS */
+    case CHUNK_EXT_NAME_BWS:
+        return ws ? CHUNK_EXT_NAME_BWS
+               : c == '=' ? CHUNK_EXT_VALUE_START
+               : c == ';' ? CHUNK_EXT_NAME_START
+                          : CHUNK_INVALID;
+    case CHUNK_EXT_VALUE_START:
+        return ws ? CHUNK_EXT_VALUE_START : is_tchar(c) ? CHUNK_EXT_TOKEN : c == '"' ? CHUNK_EXT_QUOTED : CHUNK_INVALID;
+    case CHUNK_EXT_TOKEN:
+    case CHUNK_EXT_QUOTED_END: /* a value ends: another extension or the line end */
+        if (s == CHUNK_EXT_TOKEN && is_tchar(c))
+            return CHUNK_EXT_TOKEN;
+        return c == '\r' ? CHUNK_SIZE_LF : c == ';' ? CHUNK_EXT_NAME_START : ws ? CHUNK_EXT_BWS : CHUNK_INVALID;
+    case CHUNK_EXT_QUOTED: /* qdtext: HTAB, SP, VCHAR but '"' and '\', obs-text */
+        if (c == '"')
+            return CHUNK_EXT_QUOTED_END;
+        if (c == '\\')
+            return CHUNK_EXT_QUOTED_PAIR;
+        return is_field_char(c) ? CHUNK_EXT_QUOTED : CHUNK_INVALID;
+    case CHUNK_EXT_QUOTED_PAIR:
+        return is_field_char(c) ? CHUNK_EXT_QUOTED : CHUNK_INVALID;
+    default:
+        return CHUNK_INVALID;
+    }
+}
+
+/* The next state after byte c of the trailer section: `name ":" value CRLF`
+ * lines, then CRLF. Trailers are read and dropped. */
+static http_chunked_state chunk_trailer_next(http_chunked_state s, unsigned char c)
+{
+    switch (s) {
+    case CHUNK_TRAILER_START:
+        return c == '\r' ? CHUNK_END_LF : is_tchar(c) ? CHUNK_TRAILER_NAME : CHUNK_INVALID;
+    case CHUNK_TRAILER_NAME:
+        return is_tchar(c) ? CHUNK_TRAILER_NAME : c == ':' ? CHUNK_TRAILER_VALUE : CHUNK_INVALID;
+    case CHUNK_TRAILER_VALUE:
+        return c == '\r' ? CHUNK_TRAILER_LF : is_field_char(c) ? CHUNK_TRAILER_VALUE : CHUNK_INVALID;
+    case CHUNK_TRAILER_LF:
+        return c == '\n' ? CHUNK_TRAILER_START : CHUNK_INVALID;
+    default:
+        return CHUNK_INVALID;
+    }
+}
+
+/* One byte of framing (any state but CHUNK_DATA, CHUNK_DONE, CHUNK_INVALID). */
+static http_chunked_state chunk_step(http_chunked *d, unsigned char c)
+{
+    switch (d->state) {
+    case CHUNK_SIZE_START:
+    case CHUNK_SIZE: {
+        int v = hex_value((char)c);
+        if (v >= 0) {
+            if (++d->size_digits > CHUNK_SIZE_DIGITS_MAX)
+                return CHUNK_INVALID;
+            d->remaining = d->remaining * 16 + (uint64_t)v;
+            return CHUNK_SIZE;
+        }
+        if (d->state == CHUNK_SIZE_START)
+            return CHUNK_INVALID;
+        if (c == '\r')
+            return CHUNK_SIZE_LF;
+        if (++d->overhead > CHUNK_OVERHEAD_MAX)
+            return CHUNK_INVALID;
+        return chunk_ext_next(d->state, c);
+    }
+    case CHUNK_EXT_BWS:
+    case CHUNK_EXT_NAME_START:
+    case CHUNK_EXT_NAME:
+    case CHUNK_EXT_NAME_BWS:
+    case CHUNK_EXT_VALUE_START:
+    case CHUNK_EXT_TOKEN:
+    case CHUNK_EXT_QUOTED:
+    case CHUNK_EXT_QUOTED_PAIR:
+    case CHUNK_EXT_QUOTED_END:
+        if (c != '\r' && ++d->overhead > CHUNK_OVERHEAD_MAX)
+            return CHUNK_INVALID;
+        return chunk_ext_next(d->state, c);
+    case CHUNK_SIZE_LF:
+        if (c != '\n')
+            return CHUNK_INVALID;
+        d->size_digits = 0;
+        d->overhead = 0; /* the extension budget is per chunk line */
+        return d->remaining ? CHUNK_DATA : CHUNK_TRAILER_START;
+    case CHUNK_DATA_CR:
+        return c == '\r' ? CHUNK_DATA_LF : CHUNK_INVALID;
+    case CHUNK_DATA_LF:
+        return c == '\n' ? CHUNK_SIZE_START : CHUNK_INVALID;
+    case CHUNK_TRAILER_START:
+    case CHUNK_TRAILER_NAME:
+    case CHUNK_TRAILER_VALUE:
+    case CHUNK_TRAILER_LF:
+        if (++d->overhead > CHUNK_OVERHEAD_MAX) /* trailer bytes in all */
+            return CHUNK_INVALID;
+        return chunk_trailer_next(d->state, c);
+    case CHUNK_END_LF:
+        return c == '\n' ? CHUNK_DONE : CHUNK_INVALID;
+    case CHUNK_DATA:
+    case CHUNK_DONE:
+    case CHUNK_INVALID:
+        break;
+    }
+    return CHUNK_INVALID;
+}
+
 http_chunked_result http_chunked_decode(http_chunked *d, char *dst, const char *src, size_t src_len,
                                         size_t *consumed, size_t *produced)
 {
     size_t i = 0, out = 0;
-    while (i < src_len) {
-        char c = src[i];
-        switch (d->state) {
-        case CHUNK_SIZE_START:
-        case CHUNK_SIZE: {
-            int v = hex_value(c);
-            if (v >= 0) {
-                if (++d->size_digits > CHUNK_SIZE_DIGITS_MAX)
-                    goto fail;
-                d->remaining = d->remaining * 16 + (uint64_t)v;
-                d->state = CHUNK_SIZE;
-                i++;
-                break;
-            }
-            if (d->state == CHUNK_SIZE_START)
-                goto fail;
-            if (c == ';' || c == ' ' || c == '\t')
-                d->state = CHUNK_EXT;
-            else if (c == '\r')
-                d->state = CHUNK_SIZE_LF;
-            else if (c == '\n')
-                goto size_line_done;
-            else
-                goto fail;
-            i++;
-            break;
-        }
-        case CHUNK_EXT:
-            if (c == '\r')
-                d->state = CHUNK_SIZE_LF;
-            else if (c == '\n') {
-                i++;
-                goto size_line_done_advanced;
-            } else if (++d->overhead > CHUNK_OVERHEAD_MAX || !(c == '\t' || ((unsigned char)c >= 0x20 && c != 0x7f)))
-                goto fail;
-            i++;
-            break;
-        case CHUNK_SIZE_LF:
-            if (c != '\n')
-                goto fail;
-        size_line_done:
-            i++;
-        size_line_done_advanced:
-            d->size_digits = 0;
-            d->overhead = 0; /* the extension budget is per chunk line */
-            d->state = d->remaining ? CHUNK_DATA : CHUNK_TRAILER_START;
-            break;
-        case CHUNK_DATA: {
+    while (i < src_len && d->state != CHUNK_DONE && d->state != CHUNK_INVALID) {
+        if (d->state == CHUNK_DATA) {
             size_t avail = src_len - i;
             size_t take = d->remaining < avail ? (size_t)d->remaining : avail;
             if (dst + out != src + i)
@@ -500,65 +808,17 @@ http_chunked_result http_chunked_decode(http_chunked *d, char *dst, const char *
             d->remaining -= take;
             if (!d->remaining)
                 d->state = CHUNK_DATA_CR;
-            break;
+            continue;
         }
-        case CHUNK_DATA_CR:
-            if (c == '\n') {
-                d->state = CHUNK_SIZE_START;
-            } else if (c == '\r') {
-                d->state = CHUNK_DATA_LF;
-            } else {
-                goto fail;
-            }
-            i++;
-            break;
-        case CHUNK_DATA_LF:
-            if (c != '\n')
-                goto fail;
-            d->state = CHUNK_SIZE_START;
-            i++;
-            break;
-        case CHUNK_TRAILER_START:
-            if (c == '\r')
-                d->state = CHUNK_END_LF;
-            else if (c == '\n') {
-                d->state = CHUNK_DONE;
-                i++;
-                goto done;
-            } else {
-                if (++d->overhead > CHUNK_OVERHEAD_MAX)
-                    goto fail;
-                d->state = CHUNK_TRAILER;
-            }
-            i++;
-            break;
-        case CHUNK_TRAILER:
-            if (++d->overhead > CHUNK_OVERHEAD_MAX)
-                goto fail;
-            if (c == '\n')
-                d->state = CHUNK_TRAILER_START;
-            i++;
-            break;
-        case CHUNK_TRAILER_LF:
-        case CHUNK_END_LF:
-            if (c != '\n')
-                goto fail;
-            i++;
-            d->state = CHUNK_DONE;
-            goto done;
-        case CHUNK_DONE:
-            goto done;
+        http_chunked_state next = chunk_step(d, (unsigned char)src[i]);
+        if (next == CHUNK_INVALID) {
+            d->state = CHUNK_INVALID;
+            break; /* the offending byte is not consumed */
         }
+        d->state = next;
+        i++;
     }
     *consumed = i;
     *produced = out;
-    return d->state == CHUNK_DONE ? CHUNKED_DONE : CHUNKED_MORE;
-done:
-    *consumed = i;
-    *produced = out;
-    return CHUNKED_DONE;
-fail:
-    *consumed = i;
-    *produced = out;
-    return CHUNKED_ERROR;
+    return d->state == CHUNK_DONE ? CHUNKED_DONE : d->state == CHUNK_INVALID ? CHUNKED_ERROR : CHUNKED_MORE;
 }

@@ -72,13 +72,24 @@ typedef struct http_response {
 } http_response;
 
 /* Limits: max_head bounds the whole head (431), max_target the request
- * target (414). `scan_from` lets a caller that re-parses as bytes arrive
+ * target (414). `scanned` lets a caller that re-parses as bytes arrive
  * skip what it already searched for the end of the head: pass the previous
- * `*scanned` (start at 0). */
+ * `*scanned` (start at 0).
+ *
+ * Strictness (RFC 9112): a request line is judged as its bytes arrive, so
+ * bytes that cannot begin a request (a TLS ClientHello, a method of more
+ * than 32 bytes, a control byte in the target, ...) are a 400 before the
+ * head is complete; empty lines before it are skipped. A head's lines end
+ * all in CRLF or all in a bare LF, never a mix. The Host value must be
+ * `uri-host [ ":" port ]` (RFC 9110 §7.2): a reg-name, IPv4 address or
+ * bracketed IPv6/IPvFuture literal, then at most five digits worth at most
+ * 65535 or nothing (RFC 3986 lets the port be empty); an empty value is
+ * allowed (a target without authority), a port without a host is not. */
 http_parse_result http_parse_request(const char *buf, size_t len, size_t max_head, size_t max_target,
                                      size_t *scanned, http_request *req);
 
-/* Parses a response head. `request_was_head` matters for body framing. */
+/* Parses a response head. `request_was_head` matters for body framing.
+ * Line ends are all CRLF or all bare LF, as for requests. */
 http_parse_result http_parse_response(const char *buf, size_t len, size_t max_head, bool request_was_head,
                                       http_response *res);
 
@@ -96,19 +107,31 @@ const char *http_reason(int status);
 
 /* ---- chunked transfer coding ---- */
 
+/* Where the decoder is in `chunk-size *( BWS ";" BWS ext-name [ BWS "="
+ * BWS ext-value ] ) CRLF data CRLF ... last-chunk trailer-section CRLF`. */
 typedef enum http_chunked_state {
     CHUNK_SIZE_START,
     CHUNK_SIZE,
-    CHUNK_EXT,
+    CHUNK_EXT_BWS,         /* whitespace after the size or a value: ';' must follow */
+    CHUNK_EXT_NAME_START,  /* after ';' */
+    CHUNK_EXT_NAME,
+    CHUNK_EXT_NAME_BWS,    /* whitespace after a name: '=' or ';' must follow */
+    CHUNK_EXT_VALUE_START, /* after '=' */
+    CHUNK_EXT_TOKEN,
+    CHUNK_EXT_QUOTED,
+    CHUNK_EXT_QUOTED_PAIR, /* after a backslash in a quoted value */
+    CHUNK_EXT_QUOTED_END,
     CHUNK_SIZE_LF,
     CHUNK_DATA,
     CHUNK_DATA_CR,
     CHUNK_DATA_LF,
     CHUNK_TRAILER_START,
-    CHUNK_TRAILER,
+    CHUNK_TRAILER_NAME,
+    CHUNK_TRAILER_VALUE,
     CHUNK_TRAILER_LF,
     CHUNK_END_LF,
-    CHUNK_DONE
+    CHUNK_DONE,
+    CHUNK_INVALID /* an error was seen; it stays */
 } http_chunked_state;
 
 typedef struct http_chunked {
@@ -122,7 +145,12 @@ typedef enum http_chunked_result { CHUNKED_MORE, CHUNKED_DONE, CHUNKED_ERROR } h
 
 /* Decodes src[0..src_len) and writes the payload to dst, which may alias src
  * as long as dst <= src (data moves down over the framing; when dst == src
- * nothing moves). Reports raw bytes consumed and payload bytes produced. */
+ * nothing moves). Reports raw bytes consumed and payload bytes produced; on
+ * CHUNKED_ERROR, `consumed` stops before the offending byte.
+ * Framing is strict (RFC 9112 §7.1): every line of it ends in CRLF, an
+ * extension name is a token and its value a token or quoted-string,
+ * trailer lines are `name: value`. Extension bytes of one chunk line, and
+ * trailer bytes in all, are bounded (4096). */
 http_chunked_result http_chunked_decode(http_chunked *d, char *dst, const char *src, size_t src_len,
                                         size_t *consumed, size_t *produced);
 

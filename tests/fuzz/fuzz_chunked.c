@@ -1,7 +1,8 @@
 /* The chunked decoder: the input fed in pieces (state carried), and
  * decoded in place the way the relay does it, must give exactly what one
  * call over the whole input gives; no call produces more than it consumes,
- * and until the end every byte offered is consumed. */
+ * and until the end every byte offered is consumed. An error stops before
+ * its offending byte, at the same place however the input was split. */
 #include "fuzz.h"
 #include "http/http.h"
 
@@ -67,8 +68,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(whole.consumed <= size && whole.produced <= whole.consumed);
     if (whole.result == CHUNKED_MORE)
         FUZZ_CHECK(whole.consumed == size);
-    if (whole.result == CHUNKED_DONE)
-        FUZZ_CHECK(st.state == CHUNK_DONE && whole.consumed >= 3); /* "0\n\n" */
+    if (whole.result == CHUNKED_DONE) /* the shortest body is "0\r\n\r\n"; every body ends in CRLF CRLF */
+        FUZZ_CHECK(st.state == CHUNK_DONE && whole.consumed >= 5 &&
+                   memcmp(src + whole.consumed - 4, "\r\n\r\n", 4) == 0);
+    if (whole.result == CHUNKED_ERROR) /* an error is final */
+        FUZZ_CHECK(st.state == CHUNK_INVALID && whole.consumed < size);
 
     fuzz_rng rng = fuzz_rng_from(data, size);
     outcome parts = in_pieces(src, size, split, &rng);

@@ -50,6 +50,19 @@ static void check_request(const char *buf, size_t len, const http_request *req)
         codings += slice_eq_nocase(hd->name, SLICE_LIT("transfer-encoding"));
     }
     FUZZ_CHECK(hosts <= 1 && (req->minor_version == 0 || hosts == 1));
+    const http_header *host = http_find_header(req->headers, req->header_count, SLICE_LIT("host"));
+    for (size_t j = 0; host && j < host->value.len; j++) { /* uri-host [ ":" port ] has none of these */
+        char c = host->value.ptr[j];
+        FUZZ_CHECK(c > 0x20 && c < 0x7f && !strchr("/?#@\"<>\\^`{|}", c));
+    }
+    /* line ends of one kind from the request line on */
+    const char *line = req->method_name.ptr, *head_end = buf + h;
+    size_t crlf = 0, lf = 0;
+    for (const char *nl = memchr(line, '\n', (size_t)(head_end - line)); nl;
+         nl = memchr(nl + 1, '\n', (size_t)(head_end - nl - 1)))
+        *(nl[-1] == '\r' ? &crlf : &lf) += 1;
+    FUZZ_CHECK(crlf == 0 || lf == 0);
+    FUZZ_CHECK(req->method_name.len <= 32);
     FUZZ_CHECK(lengths + codings <= 1);
     if (req->body_kind == HTTP_BODY_LENGTH)
         FUZZ_CHECK(lengths == 1 && req->content_length < 1000000000000000ull);
@@ -104,6 +117,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_CHECK(r_whole == HTTP_PARSE_DONE);
             check_same(prefix, &part, buf, &whole);
         }
+        /* An early verdict on a prefix is the verdict on the whole. */
+        if (r != HTTP_PARSE_INCOMPLETE && r != HTTP_PARSE_DONE)
+            FUZZ_CHECK(r == r_whole && strcmp(part.error, whole.error) == 0);
         free(prefix);
         if (r != HTTP_PARSE_INCOMPLETE || have == size) {
             if (have == size)

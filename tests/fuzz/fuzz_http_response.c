@@ -34,6 +34,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_CHECK(whole.headers[i].name.len > 0 && within(buf, h, whole.headers[i].name) &&
                        within(buf, h, whole.headers[i].value));
         FUZZ_CHECK(within(buf, h, whole.content_type));
+        size_t crlf = 0, lf = 0;
+        for (const char *nl = memchr(buf, '\n', h); nl; nl = memchr(nl + 1, '\n', (size_t)(buf + h - nl - 1)))
+            *(nl > buf && nl[-1] == '\r' ? &crlf : &lf) += 1;
+        FUZZ_CHECK(crlf == 0 || lf == 0); /* line ends of one kind */
         if (head || whole.status < 200 || whole.status == 204 || whole.status == 304)
             FUZZ_CHECK(whole.body_kind == HTTP_BODY_NONE && whole.content_length == 0);
         if (whole.body_kind == HTTP_BODY_UNTIL_CLOSE)

@@ -75,11 +75,14 @@ TEST(chunked_valid_bodies)
     /* extensions, with and without values, quoted, and whitespace before them */
     check_decodes("5;name=value\r\nhello\r\n0;last\r\n\r\n", "hello");
     check_decodes("5 ; a=\"q s\" ;b\r\nhello\r\n0\r\n\r\n", "hello");
-    /* trailers */
+    /* BWS around ';' and '=', every form of value */
+    check_decodes("5\t;\ta\t=\tb ;c = \"d\"\r\nhello\r\n0\r\n\r\n", "hello");
+    check_decodes("5;a;b;c=d;e=\"\";f=\"x\\\"y\\\\\"\r\nhello\r\n0\r\n\r\n", "hello");
+    check_decodes("5;a=\"caf\xc3\xa9 ;=\t!\"\r\nhello\r\n0\r\n\r\n", "hello"); /* obs-text, delimiters */
+    check_decodes("5;!#$%&'*+-.^_`|~=!#$%&'*+-.^_`|~\r\nhello\r\n0\r\n\r\n", "hello");
+    /* trailers, one with an empty value */
     check_decodes("5\r\nhello\r\n0\r\nX-Trailer: 1\r\nY: two\r\n\r\n", "hello");
-    /* bare LF line ends are tolerated */
-    check_decodes("5\nhello\n0\n\n", "hello");
-    check_decodes("5;x\nhello\r\n0\nT: v\n\n", "hello");
+    check_decodes("5\r\nhello\r\n0\r\nX-Empty:\r\nZ:\tv \t\r\n\r\n", "hello");
     /* data holding CR, LF and NUL bytes passes through untouched */
     static const char bin[] = "4\r\n\r\n\0\n\r\n0\r\n\r\n";
     decoded d;
@@ -116,7 +119,7 @@ TEST(chunked_stops_at_end_of_body)
 static const char *const split_inputs[] = {
     "5\r\nhello\r\n0\r\n\r\n",
     "1a;ext=1;q=\"x y\"\r\nabcdefghijklmnopqrstuvwxyz\r\n3\r\n\r\n\r\r\n0;e\r\nTrailer-A: x\r\nB: y\r\n\r\n",
-    "5\nhello\n2\r\nhi\n0\nT: 1\n\n",
+    "5 ;a = \"q\\\";\" ; b\r\nhello\r\n2;c=d\r\nhi\r\n0 ; z\r\nT: 1\r\nU:\r\n\r\n",
     "0\r\n\r\n",
 };
 
@@ -211,19 +214,42 @@ static http_chunked_result decode_result(const char *in, size_t len)
     return d.result;
 }
 
-static void check_error(const char *in)
+/* The input is rejected, at the same byte, whether it comes in one call,
+ * one byte at a time, or in two pieces split anywhere. */
+static void check_error_n(const char *in, size_t len)
 {
-    size_t len = strlen(in);
-    if (decode_result(in, len) != CHUNKED_ERROR)
-        unit_fail(__FILE__, __LINE__, "accepted \"%s\"", in);
-    /* The error shows the same way when the bytes arrive one by one. */
-    size_t ones[128];
-    for (size_t i = 0; i < 128; i++)
+    decoded whole, part;
+    decode_once(in, len, &whole);
+    if (whole.result != CHUNKED_ERROR) {
+        unit_fail(__FILE__, __LINE__, "accepted \"%.*s\"", (int)len, in);
+        return;
+    }
+    size_t ones[256];
+    for (size_t i = 0; i < 256; i++)
         ones[i] = 1;
+    decode_pieces(in, len, ones, len < 256 ? len : 256, &part);
+    if (part.result != CHUNKED_ERROR || part.consumed != whole.consumed)
+        unit_fail(__FILE__, __LINE__, "byte by byte: \"%.*s\" gave %d at %zu, want an error at %zu", (int)len, in,
+                  (int)part.result, part.consumed, whole.consumed);
+    for (size_t k = 0; k <= len; k++) {
+        size_t sizes[1] = {k};
+        decode_pieces(in, len, sizes, 1, &part);
+        if (part.result != CHUNKED_ERROR || part.consumed != whole.consumed)
+            unit_fail(__FILE__, __LINE__, "split at %zu: \"%.*s\" gave %d at %zu", k, (int)len, in,
+                      (int)part.result, part.consumed);
+    }
+}
+
+static void check_error(const char *in) { check_error_n(in, strlen(in)); }
+
+/* A body that must be rejected on the byte at `at`. */
+static void check_error_at(const char *in, size_t at)
+{
+    check_error(in);
     decoded d;
-    decode_pieces(in, len, ones, len < 128 ? len : 128, &d);
-    if (d.result != CHUNKED_ERROR)
-        unit_fail(__FILE__, __LINE__, "byte by byte accepted \"%s\"", in);
+    decode_once(in, strlen(in), &d);
+    if (d.consumed != at)
+        unit_fail(__FILE__, __LINE__, "\"%s\" rejected at byte %zu, want %zu", in, d.consumed, at);
 }
 
 TEST(chunked_errors)
@@ -245,6 +271,7 @@ TEST(chunked_errors)
     check_error("0000000000000000\r\n");
     check_error("5;a\x01\r\nhello\r\n0\r\n\r\n"); /* a control byte in an extension */
     check_error("5;a\x7f\r\nhello\r\n0\r\n\r\n");
+    check_error_n("5;a\0\r\nhello\r\n0\r\n\r\n", 16);
     /* 15 digits are fine (leading zeros count) */
     const char *digits15 = "000000000000001\r\nx\r\n0\r\n\r\n";
     CHECK(decode_result(digits15, strlen(digits15)) == CHUNKED_DONE);
@@ -266,6 +293,114 @@ TEST(chunked_errors)
     memcpy(in + 1002, "\r\nhello\r\n0\r\n\r\n", 15);
     CHECK(decode_result(in, 1016) == CHUNKED_DONE);
     free(in);
+}
+
+TEST(chunked_bare_lf_rejected)
+{
+    /* Every line of chunked framing ends in CRLF: a lone LF anywhere is an
+     * error, found on that LF. */
+    check_error_at("5\nhello\r\n0\r\n\r\n", 1);           /* after the size */
+    check_error_at("5;x\nhello\r\n0\r\n\r\n", 3);         /* after an extension */
+    check_error_at("5;x=\"y\"\nhello\r\n0\r\n\r\n", 7);
+    check_error_at("5\r\nhello\nhello\r\n0\r\n\r\n", 8);  /* after the data */
+    check_error_at("5\r\nhello\r\n0\n\r\n", 11);          /* after the last chunk */
+    check_error_at("0\r\n\n", 3);                          /* the final line */
+    check_error_at("0\r\nT: v\n\r\n", 7);                  /* a trailer line */
+    check_error_at("0\r\nT: v\r\n\n", 9);
+    check_error_at("5\nhello\n0\n\n", 1);                   /* all LF, as tolerated before */
+    check_error("1A\nabcdefghijklmnopqrstuvwxyz\n0\n\n");
+}
+
+TEST(chunked_extension_grammar)
+{
+    /* Whitespace after the size, a name or a value only before ';' (or '=' after a name). */
+    check_error_at("5 \r\nhello\r\n0\r\n\r\n", 2);
+    check_error_at("5\t\r\nhello\r\n0\r\n\r\n", 2);
+    check_error_at("5 x\r\nhello\r\n0\r\n\r\n", 2);
+    check_error_at("5 5\r\nhello\r\n0\r\n\r\n", 2);
+    check_error_at("5;a \r\nhello\r\n0\r\n\r\n", 4);
+    check_error_at("5;a b\r\nhello\r\n0\r\n\r\n", 4);
+    check_error_at("5;a=b \r\nhello\r\n0\r\n\r\n", 6);
+    check_error_at("5;a=b c\r\nhello\r\n0\r\n\r\n", 6);
+    check_error_at("5;a=\"b\" \r\nhello\r\n0\r\n\r\n", 8);
+    /* Empty extensions: no name after ';'. */
+    check_error_at("1;\r\na\r\n0\r\n\r\n", 2);
+    check_error_at("1;;a\r\na\r\n0\r\n\r\n", 2);
+    check_error_at("1; \r\na\r\n0\r\n\r\n", 3);
+    check_error_at("1;a;\r\na\r\n0\r\n\r\n", 4);
+    check_error_at("1;=v\r\na\r\n0\r\n\r\n", 2);
+    check_error_at("1 ;\r\na\r\n0\r\n\r\n", 3);
+    /* A '=' with no value. */
+    check_error_at("1;a=\r\na\r\n0\r\n\r\n", 4);
+    check_error_at("1;a= \r\na\r\n0\r\n\r\n", 5);
+    check_error_at("1;a=;b\r\na\r\n0\r\n\r\n", 4);
+    /* Names and token values are tokens. */
+    check_error_at("1;a(b)\r\na\r\n0\r\n\r\n", 3);
+    check_error_at("1;a=b,c\r\na\r\n0\r\n\r\n", 5);
+    check_error_at("1;a=b/c\r\na\r\n0\r\n\r\n", 5);
+    check_error_at("1;\"a\"\r\na\r\n0\r\n\r\n", 2);
+    check_error_at("1;a==b\r\na\r\n0\r\n\r\n", 4);
+    /* Quoted strings: balanced, nothing glued after, no controls, escapes complete. */
+    check_error_at("1;a=\"b\r\na\r\n0\r\n\r\n", 6);
+    check_error_at("1;a=\"b\\\"\r\na\r\n0\r\n\r\n", 8);
+    check_error_at("1;a=\"b\"c\r\na\r\n0\r\n\r\n", 7);
+    check_error_at("1;a=\"b\"\"c\"\r\na\r\n0\r\n\r\n", 7);
+    check_error_at("1;a=b\"c\"\r\na\r\n0\r\n\r\n", 5);
+    check_error_at("1;a=\"\x01\"\r\na\r\n0\r\n\r\n", 5);
+    check_error_at("1;a=\"\x7f\"\r\na\r\n0\r\n\r\n", 5);
+    check_error_at("1;a=\"\\\x01\"\r\na\r\n0\r\n\r\n", 6);
+    check_error_at("1;a=\"\\\r\na\r\n0\r\n\r\n", 6);
+    /* The same rules on the last chunk's line. */
+    check_error_at("0;\r\n\r\n", 2);
+    check_error_at("0 \r\n\r\n", 2);
+    check_error_at("0;a=\"\r\n\r\n", 5);
+    /* What is fine, for contrast. */
+    static const char *const ok[] = {
+        "1 ;a\r\nx\r\n0\r\n\r\n",         "1;a =b\r\nx\r\n0\r\n\r\n",     "1;a= b\r\nx\r\n0\r\n\r\n",
+        "1;a=\"\"\r\nx\r\n0\r\n\r\n",        "1;a=\"\\\"\"\r\nx\r\n0\r\n\r\n",  "1 \t ; \t a\r\nx\r\n0\r\n\r\n",
+        "1;a=\"b\";c\r\nx\r\n0\r\n\r\n",     "1;a=\"b\" ;c\r\nx\r\n0\r\n\r\n",  "0;a=b\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        decoded d;
+        decode_once(ok[i], strlen(ok[i]), &d);
+        if (d.result != CHUNKED_DONE || d.consumed != strlen(ok[i]))
+            unit_fail(__FILE__, __LINE__, "rejected \"%s\" at %zu", ok[i], d.consumed);
+    }
+}
+
+TEST(chunked_trailer_grammar)
+{
+    check_error_at("0\r\nX\r\n\r\n", 4);        /* no colon */
+    check_error_at("0\r\n: v\r\n\r\n", 3);      /* no name */
+    check_error_at("0\r\n v\r\n\r\n", 3);       /* folded */
+    check_error_at("0\r\nX : v\r\n\r\n", 4);
+    check_error_at("0\r\nX(: v\r\n\r\n", 4);
+    check_error_at("0\r\nX: a\x01\r\n\r\n", 7);
+    check_error_at("0\r\nX: a\x7f\r\n\r\n", 7);
+    check_error_at("0\r\nX: a\rb\r\n\r\n", 8);
+    check_error_at("0\r\n\rX", 4);
+    check_error_at("0\r\nX: v\r\nY\r\n\r\n", 10);
+}
+
+TEST(chunked_error_is_final)
+{
+    /* A decoder that failed takes nothing more, even valid bytes. */
+    http_chunked st = {0};
+    char out[32];
+    size_t used, made;
+    CHECK(http_chunked_decode(&st, out, "5 \r\n", 4, &used, &made) == CHUNKED_ERROR);
+    CHECK_EQ_SIZE(used, 1 + 1);
+    CHECK(st.state == CHUNK_INVALID);
+    CHECK(http_chunked_decode(&st, out, "0\r\n\r\n", 5, &used, &made) == CHUNKED_ERROR);
+    CHECK_EQ_SIZE(used, 0);
+    CHECK_EQ_SIZE(made, 0);
+    /* Data decoded before the error is still reported. */
+    http_chunked st2 = {0};
+    const char *in = "3\r\nabc\r\n1\nx";
+    CHECK(http_chunked_decode(&st2, out, in, strlen(in), &used, &made) == CHUNKED_ERROR);
+    CHECK_EQ_SIZE(made, 3);
+    CHECK(memcmp(out, "abc", 3) == 0);
+    CHECK_EQ_SIZE(used, 9);
 }
 
 TEST(chunked_header_writer)

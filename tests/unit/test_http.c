@@ -304,7 +304,207 @@ TEST(http_request_host_rules)
     CHECK(parse_req("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n") == HTTP_PARSE_BAD_REQUEST);
     CHECK(parse_req("GET / HTTP/1.1\r\nHost: a\r\nhOST: b\r\n\r\n") == HTTP_PARSE_BAD_REQUEST);
     CHECK(parse_req("GET / HTTP/1.1\r\nHost:\r\n\r\n") == HTTP_PARSE_DONE); /* empty Host is allowed */
+    CHECK(parse_req("GET / HTTP/1.1\r\nHost:  \t \r\n\r\n") == HTTP_PARSE_DONE);
     CHECK(parse_req("GET / HTTP/1.0\r\n\r\n") == HTTP_PARSE_DONE);
+}
+
+static http_parse_result parse_host(const char *value, const char *version, http_request *req)
+{
+    char text[256];
+    snprintf(text, sizeof text, "GET / HTTP/%s\r\nHost: %s\r\n\r\n", version, value);
+    return parse_req_n(text, strlen(text), MAX_HEAD, MAX_TARGET, req);
+}
+
+TEST(http_request_host_syntax)
+{
+    static const char *const good[] = {
+        "example.com", "example.com:8080", "127.0.0.1:80", "[::1]:8080", "a-b.c_d~e%41",
+        "EXAMPLE.COM", "x:0", "x:65535", "x:00080", "x:", /* RFC 3986: the port may be empty */
+        "localhost", "sub-delims!$&'()*+,;=", "%7e%7E", "256.1.1.1", /* a reg-name then */
+        "[::1]", "[::]", "[1:2:3:4:5:6:7:8]", "[1::]", "[1::8]", "[1:2:3:4:5:6:7::]", "[::2:3:4:5:6:7:8]",
+        "[fe80::1:2]:443", "[::ffff:192.0.2.1]", "[::192.0.2.1]", "[1:2:3:4:5:6:192.0.2.1]", "[ABCD:ef01::]",
+        "[v1.fe80::a+en1]", "[V7.x]:1",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        http_request req;
+        http_parse_result r = parse_host(good[i], "1.1", &req);
+        if (r != HTTP_PARSE_DONE)
+            unit_fail(__FILE__, __LINE__, "Host \"%s\": result %d (%s)", good[i], (int)r,
+                      req.error ? req.error : "-");
+    }
+    static const char *const bad[] = {
+        "exa mple.com", "a/b", "user@host", "host:port", "host:123456", "::1", "[::1", "host:80:80",
+        "x:65536", "x:99999", "x:8o", "x: 80", "x:-1", ":80", ":", "a%4", "a%zz", "a%", "caf\xc3\xa9",
+        "a?b", "a#b", "a\"b", "a<b", "a\\b", "a\tb", "a[b]", "a]", "[::1]x", "[::1]:80:80", "[::1]]", "[]",
+        "[1:2:3:4:5:6:7:8:9]", "[1:2:3:4:5:6:7]", "[1::2::3]", "[:::]", "[:1::]", "[1:]", "[12345::]",
+        "[::1.2.3]", "[::1.2.3.256]", "[::01.2.3.4]", "[1.2.3.4]", "[1:2:3:4:5:6:7:1.2.3.4]", "[::1%25en0]",
+        "[fe80::g]", "[v.x]", "[v1.]", "[v1x]", "[v1.a b]", "[example.com]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        http_request req;
+        http_parse_result r = parse_host(bad[i], "1.1", &req);
+        if (r != HTTP_PARSE_BAD_REQUEST || !req.error || strcmp(req.error, "invalid Host header") != 0)
+            unit_fail(__FILE__, __LINE__, "Host \"%s\": result %d (%s)", bad[i], (int)r,
+                      req.error ? req.error : "-");
+    }
+    /* HTTP/1.0 needs no Host, but one it sends must be valid. */
+    http_request req;
+    CHECK(parse_host("a b", "1.0", &req) == HTTP_PARSE_BAD_REQUEST);
+    CHECK(parse_host("a:1", "1.0", &req) == HTTP_PARSE_DONE);
+    /* Control bytes never get as far as the Host check. */
+    static const char nul[] = "GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n";
+    CHECK(parse_req_n(nul, sizeof nul - 1, MAX_HEAD, MAX_TARGET, &req) == HTTP_PARSE_BAD_REQUEST);
+    CHECK(parse_req("GET / HTTP/1.1\r\nHost: a\x01\r\n\r\n") == HTTP_PARSE_BAD_REQUEST);
+}
+
+/* `text` must be rejected with `want` and `why` once its first `at` bytes
+ * are in, and not before: each prefix parsed afresh, and grown byte by byte
+ * with `scanned` carried over as the server does. */
+static void check_rejected_at(const char *text, size_t len, size_t at, http_parse_result want, const char *why)
+{
+    size_t scanned = 0;
+    http_request fresh, grown;
+    for (size_t k = 1; k <= len; k++) {
+        http_parse_result a = parse_req_n(text, k, MAX_HEAD, MAX_TARGET, &fresh);
+        http_parse_result b = http_parse_request(text, k, MAX_HEAD, MAX_TARGET, &scanned, &grown);
+        http_parse_result expect = k < at ? HTTP_PARSE_INCOMPLETE : want;
+        if (a != expect || b != expect) {
+            unit_fail(__FILE__, __LINE__, "\"%.*s\" prefix %zu: results %d/%d, want %d", (int)len, text, k, (int)a,
+                      (int)b, (int)expect);
+            return;
+        }
+        bool fresh_why = fresh.error && strcmp(fresh.error, why) == 0;
+        bool grown_why = grown.error && strcmp(grown.error, why) == 0;
+        if (k >= at && !(fresh_why && grown_why)) {
+            unit_fail(__FILE__, __LINE__, "\"%.*s\" prefix %zu: error \"%s\", want \"%s\"", (int)len, text, k,
+                      fresh.error ? fresh.error : "-", why);
+            return;
+        }
+        if (k >= at)
+            break; /* the server stops reading here */
+    }
+}
+
+static void check_rejected(const char *text, size_t at, http_parse_result want, const char *why)
+{
+    check_rejected_at(text, strlen(text), at, want, why);
+}
+
+TEST(http_request_early_rejection)
+{
+    /* The first bytes of a TLS ClientHello: record type 0x16, version 3.1,
+     * length, handshake type 1, ... Rejected on the first byte. */
+    static const char hello[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x8a\x11";
+    const char *tls = "not an HTTP request (is this TLS on a plain port?)";
+    check_rejected_at(hello, sizeof hello - 1, 1, HTTP_PARSE_BAD_REQUEST, tls);
+    for (size_t k = 1; k < sizeof hello; k++) {
+        http_request req;
+        CHECK(parse_req_n(hello, k, MAX_HEAD, MAX_TARGET, &req) == HTTP_PARSE_BAD_REQUEST);
+        CHECK_STR(req.error, tls);
+    }
+    /* ... also after empty lines, which are still skipped. */
+    check_rejected("\r\n\n\x16\x03\x01", 4, HTTP_PARSE_BAD_REQUEST, tls);
+
+    /* A byte that cannot be in a method, before the first space. */
+    const char *mrl = "malformed request line";
+    check_rejected("\x80GET / HTTP/1.1\r\n", 1, HTTP_PARSE_BAD_REQUEST, mrl);
+    check_rejected("{\"model\":\"x\"}", 1, HTTP_PARSE_BAD_REQUEST, mrl);
+    check_rejected(" GET / HTTP/1.1\r\n", 1, HTTP_PARSE_BAD_REQUEST, mrl);
+    check_rejected_at("\0GET", 4, 1, HTTP_PARSE_BAD_REQUEST, mrl);
+    check_rejected("\rX", 2, HTTP_PARSE_BAD_REQUEST, mrl);
+    check_rejected("GE(T / HTTP/1.1\r\n", 3, HTTP_PARSE_BAD_REQUEST, "invalid character in method");
+    check_rejected("GET\x01 / HTTP/1.1\r\n", 4, HTTP_PARSE_BAD_REQUEST, "invalid character in method");
+    check_rejected("SSH-2.0-OpenSSH_9.2\r\n", 20, HTTP_PARSE_BAD_REQUEST, mrl);
+    check_rejected("GET\r\nHost: a\r\n", 4, HTTP_PARSE_BAD_REQUEST, mrl);
+    /* A method of more than 32 bytes, space or not. */
+    char method[64];
+    memset(method, 'M', sizeof method);
+    method[sizeof method - 1] = '\0';
+    check_rejected(method, 33, HTTP_PARSE_BAD_REQUEST, "request method too long");
+    char text[128];
+    snprintf(text, sizeof text, "%.32s / HTTP/1.1\r\nHost: a\r\n\r\n", method);
+    CHECK(parse_req(text) == HTTP_PARSE_DONE);
+    /* The target: a control byte, DEL, non-ASCII, a line end, two spaces. */
+    check_rejected("GET /a\x01b HTTP/1.1\r\n", 7, HTTP_PARSE_BAD_REQUEST, "invalid character in request target");
+    check_rejected("GET /a\x7f HTTP/1.1\r\n", 7, HTTP_PARSE_BAD_REQUEST, "invalid character in request target");
+    check_rejected("GET /a\tb HTTP/1.1\r\n", 7, HTTP_PARSE_BAD_REQUEST, "invalid character in request target");
+    check_rejected("GET /\xc3\xa9 HTTP/1.1\r\n", 6, HTTP_PARSE_BAD_REQUEST, "invalid character in request target");
+    check_rejected("GET /\r\nHost: a\r\n", 6, HTTP_PARSE_BAD_REQUEST, mrl);
+    check_rejected("GET /\nHost: a\n", 6, HTTP_PARSE_BAD_REQUEST, mrl);
+    check_rejected("GET  / HTTP/1.1\r\n", 5, HTTP_PARSE_BAD_REQUEST, mrl);
+    /* The version: its shape is known byte by byte. */
+    const char *mv = "malformed HTTP version";
+    check_rejected("GET / HTTX/1.1\r\n", 10, HTTP_PARSE_BAD_REQUEST, mv);
+    check_rejected("GET / http/1.1\r\n", 7, HTTP_PARSE_BAD_REQUEST, mv);
+    check_rejected("GET / HTTP/1.10\r\n", 15, HTTP_PARSE_BAD_REQUEST, mv);
+    check_rejected("GET / HTTP/1.1 \r\n", 15, HTTP_PARSE_BAD_REQUEST, mv);
+    check_rejected("GET / HTTP/1\r\n", 13, HTTP_PARSE_BAD_REQUEST, mv);
+    check_rejected("GET / x HTTP/1.1\r\n", 7, HTTP_PARSE_BAD_REQUEST, mv);
+    check_rejected("GET / HTTP/1.1\rX", 16, HTTP_PARSE_BAD_REQUEST, "bare CR in request line");
+    check_rejected("GET / HTTP/2.0\r\nHost: a\r\n", 16, HTTP_PARSE_BAD_VERSION, "HTTP version not supported");
+    /* 414 as soon as the target outgrows the limit, whatever the method. */
+    char longer[MAX_TARGET + 64];
+    memset(longer, 'a', sizeof longer);
+    memcpy(longer, "OPTIONS /", 9);
+    longer[sizeof longer - 1] = '\0';
+    check_rejected(longer, 8 + MAX_TARGET + 1, HTTP_PARSE_URI_TOO_LONG, "request target too long");
+
+    /* Valid beginnings stay INCOMPLETE: empty lines, a lone CR, a CR ending
+     * the request line. */
+    static const char *const fine[] = {"",          "\r",        "\r\n",          "\n\n\r",        "G",
+                                       "GET",       "GET ",      "GET /",         "GET / H",       "GET / HTTP/1.",
+                                       "GET / HTTP/1.1", "GET / HTTP/1.1\r", "GET / HTTP/1.1\r\n", "GET / HTTP/1.1\n",
+                                       "\r\nGET / HTTP/1.1\r\nHost: a\r\n"};
+    for (size_t i = 0; i < sizeof fine / sizeof fine[0]; i++) {
+        http_request req;
+        http_parse_result r = parse_req_n(fine[i], strlen(fine[i]), MAX_HEAD, MAX_TARGET, &req);
+        if (r != HTTP_PARSE_INCOMPLETE)
+            unit_fail(__FILE__, __LINE__, "prefix %zu: result %d (%s)", i, (int)r, req.error ? req.error : "-");
+    }
+}
+
+TEST(http_request_scanned_after_line)
+{
+    /* Once the request line is complete, later calls need not judge it again;
+     * header bytes arriving one at a time give the same verdicts as fresh
+     * parses, up to the error in the header section. */
+    const char *text = "POST /v1/chat HTTP/1.1\r\nHost: a\r\nX-A: b\r\nX-\x01: c\r\n\r\n";
+    size_t len = strlen(text), scanned = 0;
+    http_request req;
+    for (size_t k = 1; k <= len; k++) {
+        http_parse_result a = http_parse_request(text, k, MAX_HEAD, MAX_TARGET, &scanned, &req);
+        http_parse_result b = parse_req_n(text, k, MAX_HEAD, MAX_TARGET, &req);
+        CHECK(a == b);
+        CHECK(scanned <= k);
+        CHECK(a == (k < len ? HTTP_PARSE_INCOMPLETE : HTTP_PARSE_BAD_REQUEST));
+    }
+}
+
+TEST(http_request_mixed_line_endings)
+{
+    static const char *const mixed[] = {
+        "GET / HTTP/1.1\r\nHost: a\n\r\n",     "GET / HTTP/1.1\nHost: a\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\n\n",     "GET / HTTP/1.1\nHost: a\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", "GET / HTTP/1.0\r\n\n",
+        "\r\n\r\nGET / HTTP/1.1\nHost: a\r\n\n",
+    };
+    for (size_t i = 0; i < sizeof mixed / sizeof mixed[0]; i++) {
+        http_request req;
+        http_parse_result r = parse_req_n(mixed[i], strlen(mixed[i]), MAX_HEAD, MAX_TARGET, &req);
+        const char *why = "mixed line endings in the request head";
+        if (r != HTTP_PARSE_BAD_REQUEST || !req.error || strcmp(req.error, why) != 0)
+            unit_fail(__FILE__, __LINE__, "mixed head %zu: result %d (%s)", i, (int)r, req.error ? req.error : "-");
+    }
+    /* One kind throughout is fine; empty lines before the request line do not count. */
+    CHECK(parse_req("GET / HTTP/1.1\nHost: a\nX: b\n\n") == HTTP_PARSE_DONE);
+    CHECK(parse_req("GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n\r\n") == HTTP_PARSE_DONE);
+    CHECK(parse_req("\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n") == HTTP_PARSE_DONE);
+    CHECK(parse_req("\r\n\nGET / HTTP/1.0\n\n") == HTTP_PARSE_DONE);
+    /* A body after a CRLF head may hold bare LFs: it is not part of the head. */
+    const char *body = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\na\nb\n";
+    http_request req;
+    CHECK(parse_req_n(body, strlen(body), MAX_HEAD, MAX_TARGET, &req) == HTTP_PARSE_DONE);
+    CHECK_EQ_SIZE(req.head_len, strlen(body) - 4);
 }
 
 TEST(http_request_line_errors)
@@ -498,6 +698,21 @@ TEST(http_response_errors)
             unit_fail(__FILE__, __LINE__, "bad response %zu: result %d", i, (int)r);
     }
     CHECK(parse_res("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false, &res) == HTTP_PARSE_NOT_IMPLEMENTED);
+
+    /* Line ends: one kind throughout. */
+    static const char *const mixed[] = {
+        "HTTP/1.1 200 OK\r\nContent-Length: 0\n\r\n", "HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\n", "HTTP/1.1 204 No Content\r\n\n",
+    };
+    for (size_t i = 0; i < sizeof mixed / sizeof mixed[0]; i++) {
+        http_parse_result r = parse_res(mixed[i], false, &res);
+        const char *why = "mixed line endings in the response head";
+        if (r != HTTP_PARSE_BAD_REQUEST || !res.error || strcmp(res.error, why) != 0)
+            unit_fail(__FILE__, __LINE__, "mixed response %zu: result %d", i, (int)r);
+    }
+    CHECK(parse_res("HTTP/1.1 200 OK\nContent-Length: 0\nX: y\n\n", false, &res) == HTTP_PARSE_DONE);
+    CHECK_EQ_SIZE(res.header_count, 2);
+    CHECK(parse_res("HTTP/1.1 204 No Content\n\n", false, &res) == HTTP_PARSE_DONE);
 
     /* An endless head is cut off at max_head. */
     char big[MAX_HEAD + 64];
