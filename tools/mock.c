@@ -1,4 +1,4 @@
-/* tools/mock-upstream: the fake OpenAI upstream of src/fakeai.c as a process,
+/* tools/mock-upstream: the fake OpenAI upstream of src/demo/fakeai.c as a process,
  * with its fault modes on, for the integration tests and benchmarks.
  * Prints "LISTEN 127.0.0.1:PORT" once ready; SIGTERM/SIGINT end it cleanly. */
 #include <errno.h>
@@ -16,8 +16,9 @@ static void usage(FILE *to)
 {
     fputs("usage: mock-upstream --listen HOST:PORT [--tls-cert chain.pem --tls-key key.pem]\n"
           "                     [--chunks N (default 8)] [--delay-ms D (default 0)] [--expect-key K]\n"
-          "Serves OpenAI's wire format; per request, X-Mock-Chunks, X-Mock-Delay-Ms and\n"
-          "X-Mock-Fault override; GET /_mock/stats and /_mock/last report what it saw.\n",
+          "Serves OpenAI's wire format; per request, X-Mock-Chunks, X-Mock-Delay-Ms,\n"
+          "X-Mock-Fault and X-Mock-Usage override; GET /_mock/stats and /_mock/last\n"
+          "report what it saw.\n",
           to);
 }
 

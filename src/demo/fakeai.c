@@ -1,4 +1,5 @@
 #include "demo/fakeai.h"
+#include "demo/fakeai_wire.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -26,9 +27,10 @@ enum {
     HEAD_ROOM = 1024,           /* room kept in front of a fixed answer's body for its head */
     MAX_HEAD = 64 * 1024,
     MAX_TARGET = 16 * 1024,
-    MAX_CHUNKS = 1000000,
+    MAX_CHUNKS = FAKEAI_MAX_CHUNKS,
     MODEL_MAX = 128,
     ID_LEN = 29,               /* random characters after "chatcmpl-", as OpenAI's */
+    REQUEST_ID_HEX = 24,       /* hex digits after "req_" in x-request-id */
     ACCEPT_RETRY_MS = 100,
     LINGER_MS = 1000,
     TRICKLE_MS = 1,
@@ -38,118 +40,10 @@ enum {
 #define MAX_DELAY_MS ((uint64_t)3600 * 1000)
 
 static const char FINGERPRINT[] = "fp_f3a9c2e1d0";
-static const char MODELS_CREATED[] = "1715367049";
-
-/* ---- the pure parts ---- */
-
-slice fakeai_default_token(size_t i, char scratch[FAKEAI_TOKEN_SCRATCH])
-{
-    static const char probe[] = "q\"b\\s\n<\xc3\xa9\xf0\x9f\x98\x80> ";
-    if (i % 5 == 4)
-        return (slice){probe, sizeof probe - 1};
-    wbuf b = wbuf_over(scratch, FAKEAI_TOKEN_SCRATCH);
-    wbuf_puts(&b, "tok");
-    wbuf_put_u64(&b, i);
-    wbuf_put_char(&b, ' ');
-    return wbuf_slice(&b);
-}
-
-static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
-
-size_t fakeai_split_words(slice text, slice *out, size_t max)
-{
-    size_t count = 0, i = 0;
-    while (i < text.len) {
-        size_t start = i;
-        while (i < text.len && is_space(text.ptr[i])) /* only before the first word */
-            i++;
-        while (i < text.len && !is_space(text.ptr[i]))
-            i++;
-        while (i < text.len && is_space(text.ptr[i]))
-            i++;
-        if (count < max)
-            out[count] = (slice){text.ptr + start, i - start};
-        count++;
-    }
-    return count;
-}
-
-void fakeai_format_chunk(wbuf *b, const fakeai_reply_meta *m, fakeai_chunk_kind kind, slice content)
-{
-    wbuf_puts(b, "{\"id\":\"");
-    wbuf_put_slice(b, m->id);
-    wbuf_puts(b, "\",\"object\":\"chat.completion.chunk\",\"created\":");
-    wbuf_put_u64(b, m->created);
-    wbuf_puts(b, ",\"model\":\"");
-    wbuf_put_slice(b, m->model);
-    wbuf_puts(b, "\",\"system_fingerprint\":\"");
-    wbuf_put_slice(b, m->fingerprint);
-    wbuf_puts(b, "\",\"choices\":");
-    if (kind == FAKEAI_CHUNK_USAGE) {
-        wbuf_puts(b, "[],\"usage\":{\"prompt_tokens\":");
-        wbuf_put_u64(b, m->prompt_tokens);
-        wbuf_puts(b, ",\"completion_tokens\":");
-        wbuf_put_u64(b, m->completion_tokens);
-        wbuf_puts(b, ",\"total_tokens\":");
-        wbuf_put_u64(b, m->prompt_tokens + m->completion_tokens);
-        wbuf_puts(b, "}}");
-        return;
-    }
-    wbuf_puts(b, "[{\"index\":0,\"delta\":");
-    switch (kind) {
-    case FAKEAI_CHUNK_ROLE: wbuf_puts(b, "{\"role\":\"assistant\",\"content\":\"\"}"); break;
-    case FAKEAI_CHUNK_CONTENT:
-        wbuf_puts(b, "{\"content\":\"");
-        wbuf_put_json_escaped(b, content);
-        wbuf_puts(b, "\"}");
-        break;
-    default: wbuf_puts(b, "{}"); break;
-    }
-    wbuf_puts(b, ",\"logprobs\":null,\"finish_reason\":");
-    wbuf_puts(b, kind == FAKEAI_CHUNK_FINISH ? "\"stop\"}]" : "null}]");
-    if (m->usage_null)
-        wbuf_puts(b, ",\"usage\":null");
-    wbuf_put_char(b, '}');
-}
-
-
-bool fakeai_parse_fault(slice v, fakeai_fault *out)
-{
-    static const struct {
-        const char *name;
-        fakeai_fault_kind kind;
-        bool takes_arg;
-    } faults[] = {
-        {"status", FAKEAI_FAULT_STATUS, true},
-        {"close-after", FAKEAI_FAULT_CLOSE_AFTER, true},
-        {"reset-after", FAKEAI_FAULT_RESET_AFTER, true},
-        {"hang", FAKEAI_FAULT_HANG, false},
-        {"hang-after", FAKEAI_FAULT_HANG_AFTER, true},
-        {"garbage", FAKEAI_FAULT_GARBAGE, false},
-        {"bad-chunked", FAKEAI_FAULT_BAD_CHUNKED, false},
-        {"close-delimited", FAKEAI_FAULT_CLOSE_DELIMITED, false},
-        {"trickle", FAKEAI_FAULT_TRICKLE, false},
-        {"crlf", FAKEAI_FAULT_CRLF, false},
-        {"comments", FAKEAI_FAULT_COMMENTS, false},
-    };
-    const char *colon = memchr(v.ptr, ':', v.len);
-    slice name = {v.ptr, colon ? (size_t)(colon - v.ptr) : v.len};
-    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) {
-        if (!slice_eq(name, slice_of(faults[i].name)))
-            continue;
-        if (faults[i].takes_arg != (colon != NULL))
-            return false;
-        out->kind = faults[i].kind;
-        out->arg = faults[i].kind == FAKEAI_FAULT_BAD_CHUNKED ? 2 : 0;
-        if (!colon)
-            return true;
-        slice arg = {colon + 1, v.len - name.len - 1};
-        if (faults[i].kind == FAKEAI_FAULT_STATUS)
-            return slice_to_u64(arg, 599, &out->arg) && out->arg >= 200;
-        return slice_to_u64(arg, MAX_CHUNKS, &out->arg);
-    }
-    return false;
-}
+static const char SECOND_MODEL[] = "mock-2"; /* /v1/models lists it after the configured one, with faults on */
+/* The /v1 paths /_mock/stats counts one by one; the others count as "other". */
+static const char *const COUNTED_PATHS[] = {"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/responses"};
+#define COUNTED_PATH_SLOTS (sizeof COUNTED_PATHS / sizeof COUNTED_PATHS[0] + 1)
 
 /* ---- the server's state ---- */
 
@@ -170,7 +64,8 @@ typedef enum flush_status { FLUSH_EMPTY, FLUSH_PENDING, FLUSH_FAILED } flush_sta
 
 /* One reply's identity and shape. */
 typedef struct reply {
-    char id[9 + ID_LEN + 1];
+    char id[9 + ID_LEN + 1];      /* "chatcmpl-..." or "resp_..." */
+    char item_id[4 + ID_LEN + 1]; /* "msg_...": a Responses API output item */
     char model[MODEL_MAX];
     size_t model_len;
     uint64_t created;
@@ -178,16 +73,21 @@ typedef struct reply {
     uint64_t delay_ms;
     uint64_t prompt_tokens;
     bool include_usage;
+    bool usage_set; /* X-Mock-Usage named the counts to report */
+    uint64_t usage_prompt, usage_completion;
 } reply;
 
-/* A streamed reply's progress. Events: 0 role, 1..n content, n+1 finish,
- * n+2 usage (when asked), n+3 [DONE], n+4 the last chunk of the body. */
+/* A streamed reply's progress. Chat events: 0 role, 1..n content, n+1
+ * finish, n+2 usage (when asked), n+3 [DONE], n+4 the last chunk of the
+ * body. Responses API events: 0 created, 1..n deltas, n+1 completed, n+2
+ * the last chunk; the event index is also its sequence_number. */
 typedef struct stream {
     size_t next;
     size_t cut_at;  /* content deltas before a cut fault acts; SIZE_MAX: none */
     bool paced;     /* the pacing timer for `next` fired */
     bool chunked;   /* false: close-delimited */
     bool crlf, comments;
+    bool responses; /* the Responses API's events, not chat chunks */
 } stream;
 
 typedef struct conn {
@@ -220,6 +120,11 @@ typedef struct conn {
     bool hold;         /* queued bytes wait for the pace timer */
     bool trickling, trickle_wait;
     bool head_only;    /* HEAD request */
+    size_t head_room;  /* room fixed_begin kept in front of the body for the head */
+    char request_id[4 + REQUEST_ID_HEX + 1]; /* "req_...", or "" when the answer carries none */
+    /* The parsed head asks for a /v1 path. Kept as a flag: req's slices go
+     * stale when the input buffer grows while a body arrives. */
+    bool v1;
     fakeai_fault fault;
     reply r;
     stream s;
@@ -241,11 +146,13 @@ struct fakeai {
     char address[64];
     conn *conns;
     uint64_t open, total, requests;
+    uint64_t by_path[COUNTED_PATH_SLOTS]; /* requests per COUNTED_PATHS entry, then the others */
     uint64_t resumed; /* counted connections whose TLS handshake resumed a session */
     uint64_t rng;
 
     char *last; /* the last /v1 request: its head, then its decoded body */
     size_t last_head_len, last_body_len, last_cap;
+    char last_request_id[4 + REQUEST_ID_HEX + 1]; /* what its answer carried */
     bool have_last;
 };
 
@@ -263,23 +170,22 @@ static uint64_t next_random(fakeai *f)
     return f->rng * 2685821657736338717u;
 }
 
-static slice token_at(const fakeai *f, size_t i, char scratch[FAKEAI_TOKEN_SCRATCH])
-{
-    if (f->word_count)
-        return f->words[i % f->word_count];
-    return fakeai_default_token(i, scratch);
-}
-
 static fakeai_reply_meta meta_of(const conn *c)
 {
+    const reply *r = &c->r;
     return (fakeai_reply_meta){
-        .id = slice_of(c->r.id),
-        .created = c->r.created,
-        .model = (slice){c->r.model, c->r.model_len},
+        .id = slice_of(r->id),
+        .item_id = slice_of(r->item_id),
+        .created = r->created,
+        .model = (slice){r->model, r->model_len},
         .fingerprint = SLICE_LIT(FINGERPRINT),
-        .usage_null = c->r.include_usage,
-        .prompt_tokens = c->r.prompt_tokens,
-        .completion_tokens = c->r.chunks,
+        .usage_null = r->include_usage,
+        .no_usage = c->fault.kind == FAKEAI_FAULT_NO_USAGE,
+        .prompt_tokens = r->usage_set ? r->usage_prompt : r->prompt_tokens,
+        .completion_tokens = r->usage_set ? r->usage_completion : r->chunks,
+        .words = c->f->words,
+        .word_count = c->f->word_count,
+        .chunks = r->chunks,
     };
 }
 
@@ -455,8 +361,9 @@ static flush_status conn_flush(conn *c)
 
 typedef enum framing { FRAME_LENGTH, FRAME_CHUNKED, FRAME_NONE } framing;
 
+/* request_id and extra (whole header lines) may be empty. */
 static void put_head(wbuf *h, int status, const char *content_type, framing fr, size_t length, bool keep_alive,
-                     const char *extra)
+                     slice request_id, slice extra)
 {
     wbuf_puts(h, "HTTP/1.1 ");
     wbuf_put_u64(h, (uint64_t)status);
@@ -473,24 +380,35 @@ static void put_head(wbuf *h, int status, const char *content_type, framing fr, 
         wbuf_puts(h, "Transfer-Encoding: chunked\r\n");
     }
     wbuf_puts(h, keep_alive ? "Connection: keep-alive\r\n" : "Connection: close\r\n");
-    if (extra)
-        wbuf_puts(h, extra);
+    if (request_id.len) {
+        wbuf_puts(h, "x-request-id: ");
+        wbuf_put_slice(h, request_id);
+        wbuf_puts(h, "\r\n");
+    }
+    wbuf_put_slice(h, extra);
     wbuf_puts(h, "\r\n");
 }
 
-/* A fixed answer's body is written at out + out_len + HEAD_ROOM; fixed_end
- * puts the head in front once the body's length is known. */
-static bool fixed_begin(conn *c, size_t bound, wbuf *b)
+static const char BAD_CHUNK[] = "zz\r\n{\"not\":\"a chunk size\"}\r\n";
+
+/* A fixed answer's body is written at out + out_len + head_room; fixed_end
+ * puts the head in front once the body's length is known. head_room must
+ * hold the head and bad-chunked's bytes: HEAD_ROOM does, unless extra
+ * header lines are long. */
+static bool fixed_begin_room(conn *c, size_t head_room, size_t bound, wbuf *b)
 {
-    if (bound > OUT_MAX - HEAD_ROOM || !out_reserve(c, HEAD_ROOM + bound)) {
+    if (head_room > OUT_MAX || bound > OUT_MAX - head_room || !out_reserve(c, head_room + bound)) {
         conn_close(c, false);
         return false;
     }
-    *b = wbuf_over(c->out + c->out_len + HEAD_ROOM, bound);
+    c->head_room = head_room;
+    *b = wbuf_over(c->out + c->out_len + head_room, bound);
     return true;
 }
 
-static void fixed_end(conn *c, const wbuf *b, int status, const char *content_type, const char *extra)
+static bool fixed_begin(conn *c, size_t bound, wbuf *b) { return fixed_begin_room(c, HEAD_ROOM, bound, b); }
+
+static void fixed_end(conn *c, const wbuf *b, int status, const char *content_type, slice extra)
 {
     if (b->overflow) { /* a bound above is wrong: fail loudly rather than send a truncated body */
         conn_close(c, false);
@@ -505,21 +423,19 @@ static void fixed_end(conn *c, const wbuf *b, int status, const char *content_ty
         fr = FRAME_CHUNKED;
         c->after = AFTER_CLOSE;
     }
-    char head[HEAD_ROOM];
-    wbuf h = wbuf_over(head, sizeof head);
-    put_head(&h, status, content_type, fr, b->len, c->after == AFTER_NEXT, extra);
+    /* The head goes straight in front of the body, leaving room for BAD_CHUNK. */
+    wbuf h = wbuf_over(c->out + c->out_len, c->head_room - (sizeof BAD_CHUNK - 1));
+    put_head(&h, status, content_type, fr, b->len, c->after == AFTER_NEXT, slice_of(c->request_id), extra);
     if (h.overflow) {
         conn_close(c, false);
         return;
     }
-    size_t body_at = c->out_len + HEAD_ROOM;
-    memcpy(c->out + c->out_len, head, h.len);
+    size_t body_at = c->out_len + c->head_room;
     c->out_len += h.len;
     size_t body_len = c->head_only ? 0 : b->len;
     if (fault == FAKEAI_FAULT_BAD_CHUNKED) {
-        static const char bad[] = "zz\r\n{\"not\":\"a chunk size\"}\r\n";
-        memcpy(c->out + c->out_len, bad, sizeof bad - 1); /* fits: HEAD_ROOM > head + this */
-        c->out_len += sizeof bad - 1;
+        memcpy(c->out + c->out_len, BAD_CHUNK, sizeof BAD_CHUNK - 1);
+        c->out_len += sizeof BAD_CHUNK - 1;
         body_len = 0;
     }
     memmove(c->out + c->out_len, c->out + body_at, body_len);
@@ -541,7 +457,7 @@ static void answer_error(conn *c, int status, const char *message, const char *t
     if (!fixed_begin(c, 256 + 6 * strlen(message), &b))
         return;
     json_write_error(&b, message, type, code);
-    fixed_end(c, &b, status, "application/json", extra);
+    fixed_end(c, &b, status, "application/json", slice_of(extra));
 }
 
 /* The error answer OpenAI gives for a status, as the status:CODE fault plays it. */
@@ -685,6 +601,70 @@ static bool apply_cut(conn *c)
     return true;
 }
 
+/* The reply's last byte: the chunked body's terminator, if chunked. */
+static bool end_body(conn *c)
+{
+    c->resp_done = true;
+    return !c->s.chunked || out_append(c, "0\r\n\r\n", 5);
+}
+
+/* Queues chat event e (see `stream`) of a reply of n content deltas. */
+static bool emit_chat_event(conn *c, size_t e, size_t n)
+{
+    if (e == 0)
+        return emit_chunk(c, FAKEAI_CHUNK_ROLE, (slice){"", 0}, 0);
+    if (e <= n) {
+        if (c->s.comments && (e - 1) % 2 == 0 && !emit_text(c, ": ping"))
+            return false;
+        char scratch[FAKEAI_TOKEN_SCRATCH];
+        fakeai_reply_meta m = meta_of(c);
+        return emit_chunk(c, FAKEAI_CHUNK_CONTENT, fakeai_token(&m, e - 1, scratch), e - 1);
+    }
+    if (e == n + 1)
+        return emit_chunk(c, FAKEAI_CHUNK_FINISH, (slice){"", 0}, 0);
+    if (e == n + 2) {
+        if (!c->r.include_usage || c->fault.kind == FAKEAI_FAULT_NO_USAGE)
+            return true;
+        return emit_chunk(c, FAKEAI_CHUNK_USAGE, (slice){"", 0}, 0);
+    }
+    if (e == n + 3)
+        return emit_text(c, "data: [DONE]");
+    return end_body(c);
+}
+
+/* Queues Responses API event e (see `stream`); no [DONE] follows them. */
+static bool emit_response_event(conn *c, size_t e, size_t n)
+{
+    if (e > n + 1)
+        return end_body(c);
+    fakeai_response_event kind = e == 0 ? FAKEAI_RESPONSE_CREATED : e <= n ? FAKEAI_RESPONSE_DELTA
+                                                                           : FAKEAI_RESPONSE_COMPLETED;
+    fakeai_reply_meta m = meta_of(c);
+    char scratch[FAKEAI_TOKEN_SCRATCH];
+    slice delta = {"", 0};
+    size_t bound = 512 + 2 * c->r.model_len;
+    if (kind == FAKEAI_RESPONSE_DELTA) {
+        if (c->s.comments && (e - 1) % 2 == 0 && !emit_text(c, ": ping"))
+            return false;
+        delta = fakeai_token(&m, e - 1, scratch);
+        bound += 6 * delta.len;
+    } else if (kind == FAKEAI_RESPONSE_COMPLETED) {
+        bound += 512 + fakeai_text_bound(&m);
+    }
+    wbuf b;
+    if (!event_begin(c, bound, &b))
+        return false;
+    const char *eol = eol_of(c);
+    wbuf_puts(&b, "event: ");
+    wbuf_puts(&b, fakeai_response_event_name(kind));
+    wbuf_puts(&b, eol);
+    wbuf_puts(&b, "data: ");
+    fakeai_format_response_event(&b, &m, kind, e, delta);
+    wbuf_puts(&b, eol);
+    wbuf_puts(&b, eol);
+    return event_end(c, &b);
+}
+
 static void on_pace(void *ctx);
 
 /* Queues events until the reply ends, the pacing timer must run, or the
@@ -711,26 +691,7 @@ static bool stream_pump(conn *c)
             apply_cut(c);
             break;
         }
-        bool ok = true;
-        if (e == 0) {
-            ok = emit_chunk(c, FAKEAI_CHUNK_ROLE, (slice){"", 0}, 0);
-        } else if (e <= n) {
-            char scratch[FAKEAI_TOKEN_SCRATCH];
-            if (s->comments && (e - 1) % 2 == 0)
-                ok = emit_text(c, ": ping");
-            ok = ok && emit_chunk(c, FAKEAI_CHUNK_CONTENT, token_at(c->f, e - 1, scratch), e - 1);
-        } else if (e == n + 1) {
-            ok = emit_chunk(c, FAKEAI_CHUNK_FINISH, (slice){"", 0}, 0);
-        } else if (e == n + 2) {
-            if (c->r.include_usage)
-                ok = emit_chunk(c, FAKEAI_CHUNK_USAGE, (slice){"", 0}, 0);
-        } else if (e == n + 3) {
-            ok = emit_text(c, "data: [DONE]");
-        } else {
-            if (s->chunked)
-                ok = out_append(c, "0\r\n\r\n", 5);
-            c->resp_done = true;
-        }
+        bool ok = s->responses ? emit_response_event(c, e, n) : emit_chat_event(c, e, n);
         if (!ok) {
             conn_close(c, false);
             break;
@@ -740,10 +701,10 @@ static bool stream_pump(conn *c)
     return moved;
 }
 
-static void start_stream(conn *c)
+static void start_stream(conn *c, bool responses)
 {
     stream *s = &c->s;
-    *s = (stream){.cut_at = SIZE_MAX, .chunked = true};
+    *s = (stream){.cut_at = SIZE_MAX, .chunked = true, .responses = responses};
     switch (c->fault.kind) {
     case FAKEAI_FAULT_CLOSE_AFTER:
     case FAKEAI_FAULT_RESET_AFTER:
@@ -763,88 +724,85 @@ static void start_stream(conn *c)
     char head[HEAD_ROOM];
     wbuf h = wbuf_over(head, sizeof head);
     put_head(&h, 200, "text/event-stream; charset=utf-8", s->chunked ? FRAME_CHUNKED : FRAME_NONE, 0,
-             c->after == AFTER_NEXT, "Cache-Control: no-cache\r\n");
+             c->after == AFTER_NEXT, slice_of(c->request_id), SLICE_LIT("Cache-Control: no-cache\r\n"));
     c->resp = RESP_STREAM;
-    if (!out_append(c, head, h.len))
+    if (h.overflow || !out_append(c, head, h.len))
         conn_close(c, false);
 }
 
 /* ---- fixed answers ---- */
 
-static void answer_completion(conn *c)
+/* A whole answer arrives when its streamed form would have finished. */
+static void hold_like_stream(conn *c)
 {
-    const fakeai *f = c->f;
-    size_t n = c->r.chunks, bound = 1024 + 6 * c->r.model_len;
-    char scratch[FAKEAI_TOKEN_SCRATCH];
-    for (size_t i = 0; i < n; i++)
-        bound += 6 * token_at(f, i, scratch).len;
-    wbuf b;
-    if (!fixed_begin(c, bound, &b))
-        return;
-    fakeai_reply_meta m = meta_of(c);
-    wbuf_puts(&b, "{\"id\":\"");
-    wbuf_put_slice(&b, m.id);
-    wbuf_puts(&b, "\",\"object\":\"chat.completion\",\"created\":");
-    wbuf_put_u64(&b, m.created);
-    wbuf_puts(&b, ",\"model\":\"");
-    wbuf_put_slice(&b, m.model);
-    wbuf_puts(&b, "\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
-    for (size_t i = 0; i < n; i++)
-        wbuf_put_json_escaped(&b, token_at(f, i, scratch));
-    wbuf_puts(&b, "\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":");
-    wbuf_put_u64(&b, m.prompt_tokens);
-    wbuf_puts(&b, ",\"completion_tokens\":");
-    wbuf_put_u64(&b, m.completion_tokens);
-    wbuf_puts(&b, ",\"total_tokens\":");
-    wbuf_put_u64(&b, m.prompt_tokens + m.completion_tokens);
-    wbuf_puts(&b, "},\"system_fingerprint\":\"");
-    wbuf_put_slice(&b, m.fingerprint);
-    wbuf_puts(&b, "\"}");
-    fixed_end(c, &b, 200, "application/json", NULL);
-    /* The whole answer arrives when a streamed one would have finished. */
+    size_t n = c->r.chunks;
     uint64_t wait = c->r.delay_ms * (uint64_t)n;
     if (n && wait / n != c->r.delay_ms)
         wait = MAX_DELAY_MS;
     if (wait && !c->closed) {
         c->hold = true;
-        loop_timer_arm(f->l, &c->pace, wait < MAX_DELAY_MS ? wait : MAX_DELAY_MS, on_pace, c);
+        loop_timer_arm(c->f->l, &c->pace, wait < MAX_DELAY_MS ? wait : MAX_DELAY_MS, on_pace, c);
     }
+}
+
+static void answer_completion(conn *c)
+{
+    fakeai_reply_meta m = meta_of(c);
+    wbuf b;
+    if (!fixed_begin(c, 1024 + 6 * c->r.model_len + fakeai_text_bound(&m), &b))
+        return;
+    fakeai_format_completion(&b, &m);
+    fixed_end(c, &b, 200, "application/json", (slice){NULL, 0});
+    hold_like_stream(c);
+}
+
+static void answer_response(conn *c)
+{
+    fakeai_reply_meta m = meta_of(c);
+    wbuf b;
+    if (!fixed_begin(c, 1024 + 6 * c->r.model_len + fakeai_text_bound(&m), &b))
+        return;
+    fakeai_format_response(&b, &m, true);
+    fixed_end(c, &b, 200, "application/json", (slice){NULL, 0});
+    hold_like_stream(c);
 }
 
 static void answer_models(conn *c)
 {
+    slice ids[] = {{c->r.model, c->r.model_len}, SLICE_LIT(SECOND_MODEL)};
     wbuf b;
-    if (!fixed_begin(c, 256 + 6 * c->r.model_len, &b))
+    if (!fixed_begin(c, 512 + c->r.model_len, &b))
         return;
-    wbuf_puts(&b, "{\"object\":\"list\",\"data\":[{\"id\":\"");
-    wbuf_put_slice(&b, (slice){c->r.model, c->r.model_len});
-    wbuf_puts(&b, "\",\"object\":\"model\",\"created\":");
-    wbuf_puts(&b, MODELS_CREATED);
-    wbuf_puts(&b, ",\"owned_by\":\"system\"}]}");
-    fixed_end(c, &b, 200, "application/json", NULL);
+    fakeai_format_models(&b, ids, c->f->faults ? 2 : 1);
+    fixed_end(c, &b, 200, "application/json", (slice){NULL, 0});
 }
 
 static void answer_embeddings(conn *c)
 {
+    fakeai_reply_meta m = meta_of(c);
     wbuf b;
-    if (!fixed_begin(c, 512 + 6 * c->r.model_len, &b))
+    if (!fixed_begin(c, 512 + c->r.model_len, &b))
         return;
-    wbuf_puts(&b, "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,\"embedding\":"
-                  "[0.0023064255,-0.009327292,0.015797347,-0.0077780345,0.0041235]}],\"model\":\"");
-    wbuf_put_slice(&b, (slice){c->r.model, c->r.model_len});
-    wbuf_puts(&b, "\",\"usage\":{\"prompt_tokens\":");
-    wbuf_put_u64(&b, c->r.prompt_tokens);
-    wbuf_puts(&b, ",\"total_tokens\":");
-    wbuf_put_u64(&b, c->r.prompt_tokens);
-    wbuf_puts(&b, "}}");
-    fixed_end(c, &b, 200, "application/json", NULL);
+    fakeai_format_embeddings(&b, &m);
+    fixed_end(c, &b, 200, "application/json", (slice){NULL, 0});
+}
+
+/* TRACE, as an origin that honours it: the request head comes back as the
+ * body, showing exactly what reached the upstream. */
+static void answer_trace(conn *c)
+{
+    wbuf b;
+    if (!fixed_begin(c, c->head_len, &b))
+        return;
+    wbuf_put(&b, c->in, c->head_len);
+    fixed_end(c, &b, 200, "message/http", (slice){NULL, 0});
 }
 
 static void answer_stats(conn *c)
 {
     const fakeai *f = c->f;
     wbuf b;
-    if (!fixed_begin(c, 128, &b))
+    if (!fixed_begin(c, 256 + 48 * COUNTED_PATH_SLOTS, &b))
         return;
     wbuf_puts(&b, "{\"open\":");
     wbuf_put_u64(&b, f->open);
@@ -854,8 +812,15 @@ static void answer_stats(conn *c)
     wbuf_put_u64(&b, f->requests);
     wbuf_puts(&b, ",\"resumed\":");
     wbuf_put_u64(&b, f->resumed);
-    wbuf_put_char(&b, '}');
-    fixed_end(c, &b, 200, "application/json", NULL);
+    wbuf_puts(&b, ",\"by_path\":{");
+    for (size_t i = 0; i < COUNTED_PATH_SLOTS; i++) {
+        wbuf_puts(&b, i ? ",\"" : "\"");
+        wbuf_puts(&b, i < COUNTED_PATH_SLOTS - 1 ? COUNTED_PATHS[i] : "other");
+        wbuf_puts(&b, "\":");
+        wbuf_put_u64(&b, f->by_path[i]);
+    }
+    wbuf_puts(&b, "}}");
+    fixed_end(c, &b, 200, "application/json", (slice){NULL, 0});
 }
 
 static void answer_last(conn *c)
@@ -895,14 +860,32 @@ static void answer_last(conn *c)
     }
     wbuf_puts(&b, "},\"body\":\"");
     wbuf_put_json_escaped(&b, (slice){f->last + f->last_head_len, f->last_body_len});
+    wbuf_puts(&b, "\",\"request_id\":\"");
+    wbuf_puts(&b, f->last_request_id);
     wbuf_puts(&b, "\"}");
     free(req);
-    fixed_end(c, &b, 200, "application/json", NULL);
+    fixed_end(c, &b, 200, "application/json", (slice){NULL, 0});
 }
 
 /* ---- request dispatch ---- */
 
-/* Resets the per-answer state as a new answer starts. */
+/* x-request-id as OpenAI sends it: "req_" and random hex. */
+static void new_request_id(conn *c)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t bits = 0;
+    memcpy(c->request_id, "req_", 4);
+    for (size_t i = 0; i < REQUEST_ID_HEX; i++) {
+        if (i % 16 == 0)
+            bits = next_random(c->f);
+        c->request_id[4 + i] = hex[bits & 15];
+        bits >>= 4;
+    }
+    c->request_id[4 + REQUEST_ID_HEX] = '\0';
+}
+
+/* Resets the per-answer state as a new answer starts. With faults on, every
+ * answer to a /v1 request gets its own x-request-id. */
 static void begin_answer(conn *c, after_kind after)
 {
     c->state = CONN_RESPOND;
@@ -911,6 +894,9 @@ static void begin_answer(conn *c, after_kind after)
     c->head_only = false;
     c->after = after;
     c->fault = (fakeai_fault){FAKEAI_FAULT_NONE, 0};
+    c->request_id[0] = '\0';
+    if (c->f->faults && c->v1)
+        new_request_id(c);
 }
 
 static void answer_too_large(conn *c)
@@ -936,6 +922,7 @@ static void remember_last(fakeai *f, const conn *c, slice body)
         memcpy(f->last + c->head_len, body.ptr, body.len);
     f->last_head_len = c->head_len;
     f->last_body_len = body.len;
+    memcpy(f->last_request_id, c->request_id, sizeof f->last_request_id);
     f->have_last = true;
 }
 
@@ -950,8 +937,8 @@ static bool authorized(const fakeai *f, const http_request *req)
     return slice_eq(key, slice_of(f->expect_key));
 }
 
-/* Reads X-Mock-Chunks / X-Mock-Delay-Ms / X-Mock-Fault; false (and an answer
- * queued) when one is malformed. */
+/* Reads X-Mock-Chunks / X-Mock-Delay-Ms / X-Mock-Fault / X-Mock-Usage;
+ * false (and an answer queued) when one is malformed. */
 static bool read_overrides(conn *c)
 {
     const http_request *req = &c->req;
@@ -977,6 +964,15 @@ static bool read_overrides(conn *c)
         answer_error(c, 400, "Unknown X-Mock-Fault.", "mock_error", NULL, NULL);
         return false;
     }
+    h = http_find_header(req->headers, req->header_count, SLICE_LIT("x-mock-usage"));
+    if (h) {
+        if (!fakeai_parse_usage(h->value, &c->r.usage_prompt, &c->r.usage_completion)) {
+            answer_error(c, 400, "X-Mock-Usage must be P,C: two integers from 0 to 9007199254740991.", "mock_error",
+                         NULL, NULL);
+            return false;
+        }
+        c->r.usage_set = true;
+    }
     return true;
 }
 
@@ -1001,12 +997,29 @@ static void new_reply(conn *c, slice body)
     for (size_t i = 0; i < ID_LEN; i++)
         r->id[9 + i] = alnum[next_random(f) % (sizeof alnum - 1)];
     r->id[9 + ID_LEN] = '\0';
+    memcpy(r->item_id, "msg_", 4);
+    memcpy(r->item_id + 4, r->id + 9, ID_LEN + 1);
     r->created = (uint64_t)time(NULL);
     r->chunks = f->word_count ? f->word_count : f->chunks;
     r->delay_ms = f->delay_ms;
     r->prompt_tokens = body.len / 4 > 0 ? body.len / 4 : 1; /* deterministic, roughly OpenAI's scale */
     r->include_usage = false;
+    r->usage_set = false;
     set_model(c, (slice){NULL, 0});
+}
+
+/* Takes the reply's model from a JSON request body and tells whether it
+ * asks for a stream; false when the body is no JSON object. */
+static bool inspect_body(conn *c, slice body, json_request_info *info)
+{
+    arena a;
+    arena_init(&a);
+    const char *why = NULL;
+    int rc = json_inspect_request(body.ptr, body.len, &a, info, &why);
+    if (rc == 0)
+        set_model(c, info->model);
+    arena_reset(&a);
+    return rc == 0;
 }
 
 static void route_v1(conn *c, slice body)
@@ -1015,28 +1028,27 @@ static void route_v1(conn *c, slice body)
     bool post = req->method == HTTP_POST;
     bool chat = slice_eq(req->path, SLICE_LIT("/v1/chat/completions"));
     bool embeddings = slice_eq(req->path, SLICE_LIT("/v1/embeddings"));
-    if (post && (chat || embeddings)) {
-        arena a;
-        arena_init(&a);
+    bool responses = c->f->faults && slice_eq(req->path, SLICE_LIT("/v1/responses"));
+    if (post && (chat || embeddings || responses)) {
         json_request_info info;
-        const char *why = NULL;
-        int rc = json_inspect_request(body.ptr, body.len, &a, &info, &why);
-        if (rc == 0) {
-            set_model(c, info.model);
-            c->r.include_usage = info.stream && info.client_wants_usage;
-        }
-        arena_reset(&a);
-        if (rc != 0) {
+        if (!inspect_body(c, body, &info)) {
             answer_error(c, 400,
                          "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
                          "using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
                          "invalid_request_error", NULL, NULL);
             return;
         }
+        c->r.include_usage = chat && info.stream && info.client_wants_usage;
+        if (responses) { /* same random part, the Responses API's prefix */
+            memcpy(c->r.id, "resp_", 5);
+            memcpy(c->r.id + 5, c->r.item_id + 4, ID_LEN + 1);
+        }
         if (embeddings)
             answer_embeddings(c);
         else if (info.stream)
-            start_stream(c);
+            start_stream(c, responses);
+        else if (responses)
+            answer_response(c);
         else
             answer_completion(c);
         return;
@@ -1049,6 +1061,80 @@ static void route_v1(conn *c, slice body)
     snprintf(msg, sizeof msg, "Invalid URL (%.*s %.*s)", (int)(req->method_name.len > 16 ? 16 : req->method_name.len),
              req->method_name.ptr, (int)(req->path.len > 100 ? 100 : req->path.len), req->path.ptr);
     answer_error(c, 404, msg, "invalid_request_error", NULL, NULL);
+}
+
+/* ---- the leaking faults: providers that repeat the key, for the gateway to scrub ---- */
+
+/* The key the request's Authorization header carries; empty without one. */
+static slice request_key(const conn *c)
+{
+    const http_header *h = http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("authorization"));
+    return h ? fakeai_bearer_key(h->value) : (slice){"", 0};
+}
+
+/* echo:CODE: the key in the error message and in two headers. */
+static void answer_echo(conn *c, int status, slice body)
+{
+    slice key = request_key(c), said = fakeai_body_prefix(body);
+    size_t extra_cap = 2 * key.len + 64;
+    char *extra = malloc(extra_cap); /* a key can be as long as a header: not on the stack */
+    if (!extra) {
+        conn_close(c, false);
+        return;
+    }
+    wbuf x = wbuf_over(extra, extra_cap);
+    wbuf_puts(&x, "X-Mock-Echo: ");
+    wbuf_put_slice(&x, key);
+    wbuf_puts(&x, "\r\nWWW-Authenticate: Bearer realm=\"");
+    wbuf_put_slice(&x, key);
+    wbuf_puts(&x, "\"\r\n");
+    wbuf b;
+    if (x.overflow)
+        conn_close(c, false);
+    else if (fixed_begin_room(c, HEAD_ROOM + x.len, 256 + 6 * (key.len + said.len), &b)) {
+        fakeai_format_echo_error(&b, key, said);
+        fixed_end(c, &b, status, "application/json", wbuf_slice(&x));
+    }
+    free(extra);
+}
+
+/* html:CODE: an nginx-style error page, with the key in a comment. */
+static void answer_html(conn *c, int status)
+{
+    slice key = request_key(c);
+    wbuf b;
+    if (!fixed_begin(c, 256 + key.len, &b))
+        return;
+    fakeai_format_html_error(&b, (uint64_t)status, key);
+    fixed_end(c, &b, status, "text/html", (slice){NULL, 0});
+}
+
+/* echo-event: a chat stream of a role chunk and two content chunks, then an
+ * error event repeating the key and the body's start, then the end of the
+ * body without [DONE]. Queued at once: the body is gone after dispatch. */
+static void answer_echo_event(conn *c, slice body)
+{
+    json_request_info info;
+    inspect_body(c, body, &info); /* the model, if the body names one; any body will do */
+    start_stream(c, false);
+    if (c->closed)
+        return;
+    slice key = request_key(c), said = fakeai_body_prefix(body);
+    size_t contents = c->r.chunks < 2 ? c->r.chunks : 2;
+    bool ok = true;
+    for (size_t e = 0; ok && e <= contents; e++)
+        ok = emit_chat_event(c, e, c->r.chunks);
+    wbuf b;
+    if (!ok || !event_begin(c, 256 + 6 * (key.len + said.len), &b)) {
+        conn_close(c, false);
+        return;
+    }
+    wbuf_puts(&b, "data: ");
+    fakeai_format_echo_event(&b, key, said);
+    wbuf_puts(&b, eol_of(c));
+    wbuf_puts(&b, eol_of(c));
+    if (!event_end(c, &b) || !end_body(c))
+        conn_close(c, false);
 }
 
 static void dispatch(conn *c, slice body)
@@ -1080,7 +1166,16 @@ static void dispatch(conn *c, slice body)
             f->resumed++;
     }
     f->requests++;
+    size_t slot = 0;
+    while (slot < COUNTED_PATH_SLOTS - 1 && !slice_eq(req->path, slice_of(COUNTED_PATHS[slot])))
+        slot++;
+    f->by_path[slot]++;
     remember_last(f, c, body);
+    /* An origin that honours TRACE echoes it before any API logic runs. */
+    if (f->faults && slice_eq(req->method_name, SLICE_LIT("TRACE"))) {
+        answer_trace(c);
+        return;
+    }
     if (!authorized(f, req)) {
         bool none = !http_find_header(req->headers, req->header_count, SLICE_LIT("authorization"));
         answer_error(c, 401,
@@ -1110,6 +1205,17 @@ static void dispatch(conn *c, slice body)
         return;
     }
     case FAKEAI_FAULT_HANG: c->state = CONN_HANG; return;
+    case FAKEAI_FAULT_ECHO:
+    case FAKEAI_FAULT_HTML: {
+        fakeai_fault leak = c->fault;
+        c->fault.kind = FAKEAI_FAULT_NONE; /* well framed: only the content leaks */
+        if (leak.kind == FAKEAI_FAULT_ECHO)
+            answer_echo(c, (int)leak.arg, body);
+        else
+            answer_html(c, (int)leak.arg);
+        return;
+    }
+    case FAKEAI_FAULT_ECHO_EVENT: answer_echo_event(c, body); return;
     default: route_v1(c, body); return;
     }
 }
@@ -1137,6 +1243,7 @@ static bool parse_step(conn *c)
         http_parse_result r = http_parse_request(c->in, c->in_len, MAX_HEAD, MAX_TARGET, &c->scanned, &c->req);
         if (r == HTTP_PARSE_INCOMPLETE)
             return false;
+        c->v1 = r == HTTP_PARSE_DONE && is_v1(c->req.path);
         if (r != HTTP_PARSE_DONE) {
             answer_parse_error(c, r, c->req.error);
             return true;
