@@ -11,6 +11,8 @@ CONNS=${BENCH_CONNS:-32}
 CHUNKS=${BENCH_CHUNKS:-16}
 work=$(mktemp -d)
 pids=()
+GW_EXTRA=()
+SEQ_KEY=
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
     wait 2>/dev/null
@@ -33,7 +35,7 @@ start_mock() {
 start_gateway() {
     local port=$1; shift
     OPENAI_API_KEY=bench-key "$@" ./ssegate --listen "127.0.0.1:$port" --upstream "http://127.0.0.1:$MOCK/v1" \
-        --log-format json 2>"$work/gw.err" &
+        --log-format json "${GW_EXTRA[@]}" 2>"$work/gw.err" &
     GW_PID=$!
     pids+=($GW_PID)
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/ping" >/dev/null && return; sleep 0.1; done
@@ -116,7 +118,7 @@ if command -v valgrind >/dev/null; then
             start_nginx "$port" valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p"
             pid=$NGINX_PID
         fi
-        python3 bench/sequential.py "$port" "$count" "$stream"
+        python3 bench/sequential.py "$port" "$count" "$stream" ${SEQ_KEY:+"$SEQ_KEY"}
         stop_pid "$pid"
         local total
         total=$(grep -h '^summary:' "$work"/cg.* | awk '{print $2}')
@@ -130,5 +132,21 @@ if command -v valgrind >/dev/null; then
         s=$(( ($(instr ssegate 600 $stream) - $(instr ssegate 100 $stream)) / 500 ))
         n=$(( ($(instr nginx 600 $stream) - $(instr nginx 100 $stream)) / 500 ))
         printf "%-10s %8s %11s %15s\n" "$stream" "$s" "$n" "$(ratio "$s" "$n")"
+    done
+    # The cost of client auth and limits: the same requests with a keys file
+    # of 10,000 clients, the one used having rpm, tpm and streams limits.
+    for i in $(seq 1 9999); do printf 'sk-bench-%05d client-%d\n' "$i" "$i"; done >"$work/keys"
+    echo "sk-bench-limited metered 100000000 1000000000 100" >>"$work/keys"
+    GW_EXTRA=(--keys-file "$work/keys")
+    SEQ_KEY=sk-bench-limited
+    echo
+    echo "client auth + limits (--keys-file, 10,000 keys), callgrind instructions per request"
+    echo "mode        with-keys   without   added"
+    for stream in plain stream; do
+        k=$(( ($(instr ssegate 600 $stream) - $(instr ssegate 100 $stream)) / 500 ))
+        GW_EXTRA=(); SEQ_KEY=
+        s=$(( ($(instr ssegate 600 $stream) - $(instr ssegate 100 $stream)) / 500 ))
+        GW_EXTRA=(--keys-file "$work/keys"); SEQ_KEY=sk-bench-limited
+        printf "%-10s %9s %9s %7s\n" "$stream" "$k" "$s" "$((k - s))"
     done
 fi

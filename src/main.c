@@ -7,10 +7,14 @@
 #include "core/arena.h"
 #include "core/config.h"
 #include "demo/fakeai.h"
+#include "gateway/auth.h"
+#include "gateway/metrics.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "http/server.h"
 #include "upstream/upstream.h"
+
+#define SSEGATE_VERSION "0.3.0"
 
 static const char demo_reply[] =
     "Hello! This is ssegate's demo upstream: no API key was given, so this reply streams from inside the "
@@ -47,15 +51,21 @@ int main(int argc, char **argv)
     log_set_format(cfg.log_format);
     signal(SIGPIPE, SIG_IGN);
 
-    if (cfg.keys_file) {
-        fprintf(stderr, "ssegate: client keys (--keys-file) are not supported by this version yet\n");
+    metrics *m = metrics_new(cfg.metrics_max_clients, 16, SSEGATE_VERSION);
+    char why_auth[512];
+    auth *clients = m ? auth_new(&cfg, m, why_auth, sizeof why_auth) : NULL;
+    if (!clients) {
+        fprintf(stderr, "ssegate: %s\n", m ? why_auth : "out of memory");
+        metrics_free(m);
         config_free(&cfg);
         return 2;
     }
-    if (!listen_is_loopback(cfg.listen) && !cfg.allow_anonymous) {
+    if (!auth_required(clients) && !listen_is_loopback(cfg.listen) && !cfg.allow_anonymous) {
         fprintf(stderr, "ssegate: refusing to listen on %s without client keys; "
-                        "give --keys-file, or --allow-anonymous to accept anyone\n",
+                        "give --keys-file or a JWT key, or --allow-anonymous to accept anyone\n",
                 cfg.listen);
+        auth_free(clients);
+        metrics_free(m);
         config_free(&cfg);
         return 2;
     }
@@ -87,17 +97,21 @@ int main(int argc, char **argv)
         upstream_target_free(&target, a.loop);
         fakeai_stop(demo);
         loop_free(a.loop);
+        auth_free(clients);
+        metrics_free(m);
         config_free(&cfg);
         return 2;
     }
     if (cfg.demo) /* logs name the demo, not its loopback address */
         snprintf(target.name, sizeof target.name, "demo");
-    a.server = server_new(a.loop, &cfg, &target, &why);
+    a.server = server_new(a.loop, &cfg, &target, clients, m, &why);
     if (!a.server) {
         fprintf(stderr, "ssegate: %s\n", why);
         upstream_target_free(&target, a.loop);
         fakeai_stop(demo);
         loop_free(a.loop);
+        auth_free(clients);
+        metrics_free(m);
         config_free(&cfg);
         return 2;
     }
@@ -116,6 +130,12 @@ int main(int argc, char **argv)
         log_field f[] = {{"listen", server_address(a.server)}, {"upstream", upstream_url}};
         log_message("info", "ssegate listening", f, 2);
     }
+    if (auth_required(clients)) {
+        char keys[24];
+        snprintf(keys, sizeof keys, "%zu", auth_key_count(clients));
+        log_field f[] = {{"keys", keys}, {"jwt", cfg.jwt_secret_file || cfg.jwt_keys_file ? "on" : "off"}};
+        log_message("info", "client auth on", f, 2);
+    }
     server_set_ready(a.server, true);
     log_attach(a.loop);
     rc = loop_run(a.loop);
@@ -126,6 +146,8 @@ int main(int argc, char **argv)
     upstream_target_free(&target, a.loop);
     fakeai_stop(demo);
     loop_free(a.loop);
+    auth_free(clients);
+    metrics_free(m);
     config_free(&cfg);
     arena_release_cached();
     return rc == 0 ? 0 : 1;

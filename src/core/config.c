@@ -41,7 +41,7 @@ static const option options[] = {
     {"--retries", "SSEGATE_RETRIES", "2", "upstream retries before the first byte reaches the client", OPT_COUNT, AT(retries)},
     {"--log-format", "SSEGATE_LOG_FORMAT", "json", "json or text", OPT_LOGFMT, AT(log_format)},
     {"--workers", "SSEGATE_WORKERS", "1", "processes sharing the port (SO_REUSEPORT)", OPT_COUNT, AT(workers)},
-    {"--metrics-token-file", "SSEGATE_METRICS_TOKEN_FILE", NULL, "bearer token required for /metrics (default: open)", OPT_STRING, AT(metrics_token_file)},
+    {"--metrics-token-file", "SSEGATE_METRICS_TOKEN_FILE", NULL, "file holding the bearer token /metrics requires (default: open)", OPT_KEYFILE, AT(metrics_token)},
     {"--metrics-max-clients", "SSEGATE_METRICS_MAX_CLIENTS", "1000", "distinct client names in metrics; the rest count as 'other'", OPT_COUNT, AT(metrics_max_clients)},
 };
 
@@ -114,19 +114,19 @@ int parse_size(const char *text, uint64_t *out)
     return -1;
 }
 
-/* Reads a key file: the first line, trimmed. */
-static char *read_key_file(const char *path)
+/* Reads a secret's file: the first line, trimmed. */
+static char *read_key_file(const char *path, const char *flag)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
-        fprintf(stderr, "ssegate: cannot read upstream key file %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "ssegate: %s: cannot read %s: %s\n", flag, path, strerror(errno));
         return NULL;
     }
     char line[4096];
     char *got = fgets(line, sizeof line, f);
     fclose(f);
     if (!got) {
-        fprintf(stderr, "ssegate: upstream key file %s is empty\n", path);
+        fprintf(stderr, "ssegate: %s: %s is empty\n", flag, path);
         return NULL;
     }
     size_t n = strcspn(line, "\r\n");
@@ -134,10 +134,12 @@ static char *read_key_file(const char *path)
         n--;
     line[n] = '\0';
     if (n == 0) {
-        fprintf(stderr, "ssegate: upstream key file %s is empty\n", path);
+        fprintf(stderr, "ssegate: %s: %s is empty\n", flag, path);
         return NULL;
     }
-    return strdup(line);
+    char *copy = strdup(line);
+    explicit_bzero(line, sizeof line);
+    return copy;
 }
 
 static int apply(config *c, const option *o, const char *value, const char *source)
@@ -151,11 +153,12 @@ static int apply(config *c, const option *o, const char *value, const char *sour
         *(bool *)(void *)field = true;
         return 0;
     case OPT_KEYFILE: {
-        char *key = read_key_file(value);
+        char *key = read_key_file(value, o->flag);
         if (!key)
             return -1;
-        free(c->upstream_key);
-        c->upstream_key = key;
+        char **slot = (char **)(void *)field;
+        free(*slot);
+        *slot = key;
         return 0;
     }
     case OPT_DURATION:
@@ -259,12 +262,18 @@ int config_load(config *c, int argc, char **argv)
     return 0;
 }
 
+/* Secrets do not stay behind in freed memory. */
+static void free_secret(char **s)
+{
+    if (*s) {
+        explicit_bzero(*s, strlen(*s));
+        free(*s);
+    }
+    *s = NULL;
+}
+
 void config_free(config *c)
 {
-    if (c->upstream_key) {
-        /* The key is a secret: do not leave it in freed memory. */
-        explicit_bzero(c->upstream_key, strlen(c->upstream_key));
-        free(c->upstream_key);
-    }
-    c->upstream_key = NULL;
+    free_secret(&c->upstream_key);
+    free_secret(&c->metrics_token);
 }

@@ -28,7 +28,7 @@ typedef struct config {
     uint64_t jwt_leeway_ms;
     /* sent upstream next to the key, instead of the client's */
     const char *upstream_org, *upstream_project;
-    const char *metrics_token_file;
+    char *metrics_token; /* owned; NULL: /metrics is open */
     unsigned metrics_max_clients;
 } config;
 

@@ -138,6 +138,7 @@ void log_access(const access_record *r)
     field_str(&b, &first, "client", r->client);
     field_str(&b, &first, "model", r->model);
     field_str(&b, &first, "upstream", r->upstream);
+    field_str(&b, &first, "upstream_req_id", r->upstream_req_id);
     field_num(&b, &first, "ttfb_ms", r->ttfb_ms);
     field_num(&b, &first, "dur_ms", (int64_t)r->dur_ms);
     field_num(&b, &first, "bytes_in", (int64_t)r->bytes_in);
@@ -146,6 +147,10 @@ void log_access(const access_record *r)
     field_num(&b, &first, "prompt_tokens", (int64_t)r->prompt_tokens);
     field_num(&b, &first, "completion_tokens", (int64_t)r->completion_tokens);
     field_num(&b, &first, "retries", r->retries);
+    if (format == LOG_JSON)
+        wbuf_puts(&b, r->resumed ? ",\"resumed\":true" : ",\"resumed\":false");
+    else
+        wbuf_puts(&b, r->resumed ? " resumed=true" : " resumed=false");
     if (r->error)
         field_str(&b, &first, "error", slice_of(r->error));
     else if (format == LOG_JSON)

@@ -3,6 +3,7 @@
 #ifndef SSEGATE_LOG_H
 #define SSEGATE_LOG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/config.h"
@@ -10,11 +11,12 @@
 #include "core/slice.h"
 
 typedef struct access_record {
-    slice req_id, method, path, client, model, upstream;
+    slice req_id, method, path, client, model, upstream, upstream_req_id;
     int status;
     int64_t ttfb_ms; /* -1 when no upstream byte came */
     uint64_t dur_ms, bytes_in, bytes_out, chunks, prompt_tokens, completion_tokens;
     unsigned retries;
+    bool resumed;      /* answered from a resumable stream's replay */
     const char *error; /* NULL when none */
 } access_record;
 

@@ -264,6 +264,48 @@ static uint64_t tok_u64(const char *s, const jsmntok_t *t)
     return v;
 }
 
+/* Reads a usage object at token u (chat's prompt/completion_tokens or the
+ * Responses API's input/output_tokens). */
+static void read_usage(const char *s, const jsmntok_t *t, int n, int u, json_chunk_info *out)
+{
+    out->has_usage = true;
+    int end = skip(t, n, u);
+    for (int j = u + 1; j < end;) {
+        if (tok_is(s, &t[j], "prompt_tokens") || tok_is(s, &t[j], "input_tokens"))
+            out->prompt_tokens = tok_u64(s, &t[j + 1]);
+        else if (tok_is(s, &t[j], "completion_tokens") || tok_is(s, &t[j], "output_tokens"))
+            out->completion_tokens = tok_u64(s, &t[j + 1]);
+        j = skip(t, n, j + 1);
+    }
+}
+
+/* Token i is the value of `key` in the object at token obj, or -1. */
+static int member(const char *s, const jsmntok_t *t, int n, int obj, const char *key)
+{
+    if (t[obj].type != JSMN_OBJECT)
+        return -1;
+    size_t klen = strlen(key);
+    for (int j = obj + 1, k = 0; k < t[obj].size && j + 1 < n; k++) {
+        if (slice_eq(tok_slice(s, &t[j]), (slice){key, klen}))
+            return j + 1;
+        j = skip(t, n, j + 1);
+    }
+    return -1;
+}
+
+/* Any choice whose delta (or, for completions, text) is a non-empty string. */
+static bool choices_have_content(const char *s, const jsmntok_t *t, int n, int arr)
+{
+    for (int j = arr + 1, k = 0; k < t[arr].size && j < n; k++) {
+        int delta = member(s, t, n, j, "delta");
+        int text = delta >= 0 ? member(s, t, n, delta, "content") : member(s, t, n, j, "text");
+        if (text >= 0 && t[text].type == JSMN_STRING && t[text].end > t[text].start)
+            return true;
+        j = skip(t, n, j);
+    }
+    return false;
+}
+
 int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *out)
 {
     *out = (json_chunk_info){0};
@@ -274,25 +316,68 @@ int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *
     bool choices_empty = false;
     for (int i = 1; i < n;) {
         const jsmntok_t *key = &t[i], *val = &t[i + 1];
-        if (tok_is(data, key, "choices")) {
-            choices_empty = val->type == JSMN_ARRAY && val->size == 0;
+        if (tok_is(data, key, "choices") && val->type == JSMN_ARRAY) {
+            choices_empty = val->size == 0;
+            out->has_content |= choices_have_content(data, t, n, i + 1);
         } else if (tok_is(data, key, "error") && val->type == JSMN_OBJECT) {
             out->is_error = true;
         } else if (tok_is(data, key, "usage") && val->type == JSMN_OBJECT) {
-            out->has_usage = true;
-            int end = skip(t, n, i + 1);
-            for (int j = i + 2; j < end;) {
-                if (tok_is(data, &t[j], "prompt_tokens"))
-                    out->prompt_tokens = tok_u64(data, &t[j + 1]);
-                else if (tok_is(data, &t[j], "completion_tokens"))
-                    out->completion_tokens = tok_u64(data, &t[j + 1]);
-                j = skip(t, n, j + 1);
-            }
+            read_usage(data, t, n, i + 1, out);
+        } else if (tok_is(data, key, "response") && val->type == JSMN_OBJECT) {
+            int u = member(data, t, n, i + 1, "usage");
+            if (u >= 0 && t[u].type == JSMN_OBJECT)
+                read_usage(data, t, n, u, out);
+        } else if (tok_is(data, key, "type") && tok_is(data, val, "response.output_text.delta")) {
+            out->has_content = true;
         }
         i = skip(t, n, i + 1);
     }
     out->usage_only = out->has_usage && choices_empty;
     return 0;
+}
+
+/* End of the object starting at p[0] == '{', or NULL when it does not close. */
+static const char *object_end(const char *p, const char *end)
+{
+    size_t depth = 0;
+    for (; p < end; p++) {
+        if (*p == '"') {
+            for (p++; p < end && *p != '"'; p++)
+                if (*p == '\\')
+                    p++;
+            if (p >= end)
+                return NULL;
+        } else if (*p == '{') {
+            depth++;
+        } else if (*p == '}' && --depth == 0) {
+            return p + 1;
+        }
+    }
+    return NULL;
+}
+
+bool json_find_usage(const char *body, size_t len, arena *a, json_chunk_info *out)
+{
+    *out = (json_chunk_info){0};
+    static const char key[] = "\"usage\"";
+    const char *end = body + len, *last = NULL;
+    for (const char *p = body; (p = memmem(p, (size_t)(end - p), key, sizeof key - 1)) != NULL; p += sizeof key - 1)
+        if (p == body || p[-1] != '\\') /* an escaped quote is inside a string */
+            last = p;
+    if (!last)
+        return false;
+    const char *v = last + sizeof key - 1;
+    while (v < end && (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n' || *v == ':'))
+        v++;
+    const char *close = v < end && *v == '{' ? object_end(v, end) : NULL;
+    if (!close)
+        return false;
+    jsmntok_t stack[STACK_TOKENS], *t;
+    int n = tokenise(v, (size_t)(close - v), stack, a, &t);
+    if (n < 1 || !is_whole_object(v, (size_t)(close - v), t, n, false))
+        return false;
+    read_usage(v, t, n, 0, out);
+    return true;
 }
 
 void json_write_error(wbuf *b, const char *message, const char *type, const char *code)

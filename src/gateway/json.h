@@ -32,14 +32,22 @@ int json_inspect_request(const char *body, size_t len, arena *a, json_request_in
 typedef struct json_chunk_info {
     bool usage_only; /* "choices":[] with a "usage" object: the final usage chunk */
     bool has_usage;
-    uint64_t prompt_tokens, completion_tokens;
-    bool is_error; /* an {"error":...} object */
+    uint64_t prompt_tokens, completion_tokens; /* also the Responses API's input/output_tokens */
+    bool is_error;    /* an {"error":...} object */
+    bool has_content; /* a non-empty content delta: what a stream without usage is counted by */
 } json_chunk_info;
 
 /* Checks one chunk's JSON structure and reads what the relay records (the
- * full RFC 8259 checks are for client bodies). No malloc: tokens live on
+ * full RFC 8259 checks are for client bodies): chat chunks and completions,
+ * and Responses API events (usage inside "response"). No malloc: tokens live on
  * the stack, or in `a` for unusually large chunks. */
 int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *out);
+
+/* The usage of a whole JSON answer (chat, completions, responses,
+ * embeddings) without tokenising all of it: the last "usage" member whose
+ * value is an object is found by a byte scan and only that object is
+ * tokenised. False when there is none. */
+bool json_find_usage(const char *body, size_t len, arena *a, json_chunk_info *out);
 
 /* {"error":{"message":..,"type":..,"param":null,"code":..}} */
 void json_write_error(wbuf *b, const char *message, const char *type, const char *code);

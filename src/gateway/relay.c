@@ -5,6 +5,7 @@
 #include <sys/epoll.h>
 
 #include "gateway/json.h"
+#include "gateway/scrub.h"
 #include "gateway/sse.h"
 #include "core/wbuf.h"
 
@@ -14,6 +15,7 @@ typedef enum relay_state {
     RELAY_AWAIT_HEAD,
     RELAY_STREAM, /* text/event-stream answer, event by event */
     RELAY_BODY,   /* any other answer, passed through */
+    RELAY_ERROR_BODY, /* an upstream error answer, held whole to be checked */
     RELAY_FINISHED
 } relay_state;
 
@@ -23,7 +25,7 @@ struct relay {
     relay_state state;
     const relay_env *env;
     arena *arena;
-    const relay_request *req;
+    relay_request *req;
     const relay_sink *sink;
     void *client;
     upstream_conn *up;
@@ -49,6 +51,13 @@ struct relay {
     bool client_chunked; /* HTTP/1.1 client: chunked bodies; else close-delimited */
     sse_parser sse;
     slice client_head;        /* response head waiting to go out with the first bytes */
+    secrets secrets;          /* masked in whatever the upstream echoes */
+    limit_verdict verdict;    /* the caller's limits, for the answer's x-ratelimit-* headers */
+    bool limited;             /* the caller has limits: ours replace the upstream's headers */
+    bool usage_seen, streaming, settled;
+    uint64_t content_deltas;  /* the completion's size when no usage arrives */
+    bool retain;              /* keep a JSON answer whole in buf, to read its usage at the end */
+    size_t body_start;
 
     loop_timer phase_timer;   /* first byte, then idle between chunks */
     loop_timer deadline;      /* the whole request */
@@ -83,6 +92,39 @@ static void release_upstream(relay *r, bool reusable)
     }
 }
 
+/* Once per request: the completion's size (reported, or counted from the
+ * content deltas relayed when no usage came) and the stream gauge. */
+static void settle(relay *r)
+{
+    if (r->settled)
+        return;
+    r->settled = true;
+    if (!r->usage_seen && r->content_deltas)
+        r->req->record->completion_tokens = r->content_deltas;
+    if (r->streaming) {
+        metrics_gauge_streams(r->env->metrics, -1);
+        metrics_chunks(r->env->metrics, r->req->record->chunks);
+    }
+}
+
+/* The upstream's share of a failure, for ssegate_upstream_errors_total. */
+static void count_upstream_error(relay *r, const char *code)
+{
+    static const struct {
+        const char *code;
+        metrics_upstream_error_kind kind;
+    } kinds[] = {{"upstream_connect_error", UPERR_CONNECT},   {"upstream_connect_timeout", UPERR_TIMEOUT},
+                 {"upstream_timeout", UPERR_TIMEOUT},         {"request_timeout", UPERR_TIMEOUT},
+                 {"upstream_tls_error", UPERR_TLS},           {"upstream_protocol_error", UPERR_PROTOCOL},
+                 {"upstream_closed", UPERR_PROTOCOL},         {"upstream_io_error", UPERR_PROTOCOL},
+                 {"upstream_auth_error", UPERR_AUTH},         {"upstream_dns_error", UPERR_DNS}};
+    for (size_t i = 0; code && i < sizeof kinds / sizeof kinds[0]; i++)
+        if (strcmp(code, kinds[i].code) == 0) {
+            metrics_upstream_error(r->env->metrics, r->env->upstream_id, kinds[i].kind);
+            return;
+        }
+}
+
 static void record_error(relay *r, const char *message)
 {
     if (!r->req->record->error)
@@ -97,7 +139,8 @@ static void fail_before_answer(relay *r, int status, const char *message, const 
     stop_timers(r);
     release_upstream(r, false);
     r->state = RELAY_FINISHED;
-    r->sink->error(r->client, status, message, status == 504 ? "timeout_error" : "upstream_error", code);
+    settle(r);
+    r->sink->error(r->client, status, message, status == 504 ? "timeout_error" : "upstream_error", code, NULL);
 }
 
 static int send_iov(relay *r, const struct iovec *iov, size_t count)
@@ -135,6 +178,7 @@ static void fail(relay *r, int status, const char *message, const char *code)
 {
     if (r->state == RELAY_FINISHED)
         return;
+    count_upstream_error(r, code);
     if (!r->head_sent) {
         fail_before_answer(r, status, message, code);
     } else if (r->state == RELAY_STREAM) {
@@ -155,6 +199,7 @@ static void finish(relay *r, bool client_reusable)
     r->state = RELAY_FINISHED;
     stop_timers(r);
     release_upstream(r, r->upstream_reusable);
+    settle(r);
     r->sink->finished(r->client, client_reusable);
 }
 
@@ -202,7 +247,12 @@ static void on_heartbeat(void *ctx)
 
 static bool forwardable(const http_request *h, slice name)
 {
-    static const char *const replaced[] = {"host", "authorization", "accept-encoding", "x-request-id", "expect"};
+    /* Replaced by the gateway's own, or credentials and choices that are
+     * the server's to make (which organisation its key acts for). */
+    static const char *const replaced[] = {"host",         "authorization",       "x-api-key",
+                                           "api-key",      "accept-encoding",     "x-request-id",
+                                           "expect",       "openai-organization", "openai-project",
+                                           "traceparent"};
     if (http_is_hop_by_hop(name))
         return false;
     for (size_t i = 0; i < sizeof replaced / sizeof replaced[0]; i++)
@@ -251,7 +301,20 @@ static int build_request(relay *r)
         wbuf_put_slice(&b, h->headers[i].value);
         wbuf_puts(&b, "\r\n");
     }
-    wbuf_puts(&b, "Accept-Encoding: identity\r\nX-Request-Id: ");
+    const config *cfg = r->env->cfg;
+    if (cfg->upstream_org) {
+        wbuf_puts(&b, "OpenAI-Organization: ");
+        wbuf_puts(&b, cfg->upstream_org);
+        wbuf_puts(&b, "\r\n");
+    }
+    if (cfg->upstream_project) {
+        wbuf_puts(&b, "OpenAI-Project: ");
+        wbuf_puts(&b, cfg->upstream_project);
+        wbuf_puts(&b, "\r\n");
+    }
+    wbuf_puts(&b, "Accept-Encoding: identity\r\ntraceparent: ");
+    wbuf_put_slice(&b, r->req->traceparent);
+    wbuf_puts(&b, "\r\nX-Request-Id: ");
     wbuf_put_slice(&b, r->req->req_id);
     const json_edit *e = &r->info.usage_edit;
     size_t body_len = r->req->body_len;
@@ -282,9 +345,12 @@ static int build_request(relay *r)
 
 /* ---- the client's answer head ---- */
 
-static bool relayed_response_header(slice name, bool stream)
+static bool relayed_response_header(const relay *r, slice name, bool stream)
 {
     if (http_is_hop_by_hop(name) || slice_eq_nocase(name, SLICE_LIT("x-request-id")))
+        return false;
+    /* the caller's own limits speak for themselves, not the server key's */
+    if (r->limited && name.len > 12 && slice_eq_nocase((slice){name.ptr, 12}, SLICE_LIT("x-ratelimit-")))
         return false;
     if (stream && (slice_eq_nocase(name, SLICE_LIT("content-type")) || slice_eq_nocase(name, SLICE_LIT("cache-control"))))
         return false;
@@ -307,8 +373,9 @@ static int build_client_head(relay *r, bool stream)
                       "X-Accel-Buffering: no\r\n");
     for (size_t i = 0; i < r->res.header_count; i++) {
         const http_header *hd = &r->res.headers[i];
-        if (!relayed_response_header(hd->name, stream))
+        if (!relayed_response_header(r, hd->name, stream))
             continue;
+        scrub((char *)hd->value.ptr, hd->value.len, &r->secrets); /* the value lies in our read buffer */
         wbuf_put_slice(&b, hd->name);
         wbuf_puts(&b, ": ");
         wbuf_put_slice(&b, hd->value);
@@ -316,6 +383,8 @@ static int build_client_head(relay *r, bool stream)
     }
     wbuf_puts(&b, "X-Request-Id: ");
     wbuf_put_slice(&b, r->req->req_id);
+    if (r->limited)
+        limits_write_headers(&b, &r->verdict);
     bool is_head = r->req->http->method == HTTP_HEAD;
     bool close_delimited = false;
     if (!stream && r->res.body_kind == HTTP_BODY_LENGTH) {
@@ -401,10 +470,17 @@ static bool inspect_event_in(relay *r, const sse_event *ev)
         data = (slice){joined, n};
     }
     json_chunk_info info;
-    if (json_inspect_chunk(data.ptr, data.len, r->arena, &info) != 0)
-        return true; /* not ours to judge: relay what the upstream said */
+    if (json_inspect_chunk(data.ptr, data.len, r->arena, &info) != 0) {
+        /* not ours to judge: relay what the upstream said, less any secret */
+        scrub((char *)ev->raw.ptr, ev->raw.len, &r->secrets);
+        return true;
+    }
     rec->chunks++;
+    r->content_deltas += info.has_content;
+    if (info.is_error)
+        scrub((char *)ev->raw.ptr, ev->raw.len, &r->secrets); /* the event lies in our read buffer */
     if (info.has_usage) {
+        r->usage_seen = true;
         rec->prompt_tokens = info.prompt_tokens;
         rec->completion_tokens = info.completion_tokens;
     }
@@ -487,6 +563,11 @@ static int relay_passthrough(relay *r, bool last)
 /* Moves pending bytes to the front so the next read has room. */
 static void compact(relay *r)
 {
+    if (r->retain) {
+        if (r->len < RELAY_READ_BUFFER)
+            return; /* room left: the answer stays whole for its usage */
+        r->retain = false;
+    }
     if (r->dec_start == r->dec_end && r->raw_start == r->len) {
         r->dec_start = r->dec_end = r->raw_start = r->len = 0;
         return;
@@ -517,6 +598,83 @@ static void end_of_answer(relay *r)
     finish(r, r->req->http->keep_alive && (r->client_chunked || !(stream || unsized)));
 }
 
+/* Reads the usage of a JSON answer that stayed whole in buf. */
+static void read_answer_usage(relay *r)
+{
+    arena_mark mark = arena_mark_now(r->arena);
+    json_chunk_info info;
+    if (json_find_usage(r->buf + r->body_start, r->dec_end - r->body_start, r->arena, &info)) {
+        r->usage_seen = true;
+        r->req->record->prompt_tokens = info.prompt_tokens;
+        r->req->record->completion_tokens = info.completion_tokens;
+    }
+    arena_rewind(r->arena, mark);
+}
+
+/* A Retry-After worth passing on: digits only. */
+static void copy_retry_after(const relay *r, wbuf *b)
+{
+    const http_header *h = http_find_header(r->res.headers, r->res.header_count, SLICE_LIT("retry-after"));
+    uint64_t v;
+    if (h && slice_to_u64(h->value, 86400, &v)) {
+        wbuf_puts(b, "\r\nRetry-After: ");
+        wbuf_put_u64(b, v);
+    }
+}
+
+/* An upstream error answer, held whole: a JSON one is relayed with its
+ * status, less any secret it echoes; anything else (a proxy's HTML page)
+ * becomes §6 JSON with the same status, its start kept for the log. */
+static void answer_error_body(relay *r, bool complete)
+{
+    char *body = r->buf + r->dec_start;
+    size_t len = r->dec_end - r->dec_start;
+    scrub(body, len, &r->secrets);
+    int status = r->res.status;
+    if (status == 429)
+        metrics_upstream_error(r->env->metrics, r->env->upstream_id, UPERR_STATUS_429);
+    else if (status >= 500)
+        metrics_upstream_error(r->env->metrics, r->env->upstream_id, UPERR_STATUS_5XX);
+    json_chunk_info info;
+    arena_mark mark = arena_mark_now(r->arena);
+    bool json = complete && json_inspect_chunk(body, len, r->arena, &info) == 0;
+    arena_rewind(r->arena, mark);
+    if (json) {
+        r->res.body_kind = HTTP_BODY_LENGTH; /* now known, whatever the upstream's framing */
+        r->res.content_length = len;
+        if (build_client_head(r, false) != 0) {
+            fail(r, 502, "upstream response head too large", "upstream_protocol_error");
+            return;
+        }
+        if (relay_passthrough(r, true) == 0)
+            end_of_answer(r);
+        return;
+    }
+    char msg[96];
+    wbuf m = wbuf_over(msg, sizeof msg - 1);
+    wbuf_puts(&m, "upstream returned ");
+    wbuf_put_u64(&m, (uint64_t)status);
+    wbuf_puts(&m, complete ? " with a non-JSON body" : " with an error body too large to relay");
+    msg[m.len] = '\0';
+    char logged[sizeof msg + 220];
+    wbuf l = wbuf_over(logged, sizeof logged - 1);
+    wbuf_puts(&l, msg);
+    wbuf_puts(&l, ": ");
+    wbuf_put(&l, body, len < 200 ? len : 200);
+    logged[l.len] = '\0';
+    record_error(r, logged);
+    char extra[48];
+    wbuf e = wbuf_over(extra, sizeof extra - 1);
+    copy_retry_after(r, &e);
+    extra[e.len] = '\0';
+    r->req->record->status = status;
+    stop_timers(r);
+    release_upstream(r, false);
+    r->state = RELAY_FINISHED;
+    settle(r);
+    r->sink->error(r->client, status, msg, "upstream_error", "upstream_non_json", e.len ? extra : NULL);
+}
+
 /* Handles the body bytes in buf; returns false once the relay has ended. */
 static bool process_body(relay *r, bool at_eof)
 {
@@ -524,11 +682,20 @@ static bool process_body(relay *r, bool at_eof)
         fail(r, 502, "upstream sent a malformed chunked body", "upstream_protocol_error");
         return false;
     }
+    if (r->state == RELAY_ERROR_BODY) {
+        if (r->body_complete || at_eof || r->len == RELAY_READ_BUFFER) {
+            answer_error_body(r, r->body_complete || at_eof);
+            return false;
+        }
+        return true;
+    }
     bool last = r->body_complete;
     int rc = r->state == RELAY_STREAM ? relay_events(r, at_eof || last, last) : relay_passthrough(r, last);
     if (rc != 0)
         return false; /* the client is gone; the server aborts us */
     if (r->body_complete) {
+        if (r->retain)
+            read_answer_usage(r);
         end_of_answer(r);
         return false;
     }
@@ -573,20 +740,51 @@ static bool process_head(relay *r)
         return r->len ? process_head(r) : true;
     }
     access_record *rec = r->req->record;
-    rec->ttfb_ms = (int64_t)(now(r) - r->started_ms);
+    uint64_t ttfb = now(r) - r->started_ms;
+    rec->ttfb_ms = (int64_t)ttfb;
     rec->status = r->res.status;
+    metrics_ttfb(r->env->metrics, r->env->upstream_id, ttfb * 1000);
+    if (upstream_is_tls(r->up) && !upstream_was_reused(r->up))
+        metrics_tls_handshake(r->env->metrics, upstream_tls_resumed(r->up));
+    const http_header *up_id = http_find_header(r->res.headers, r->res.header_count, SLICE_LIT("x-request-id"));
+    if (up_id && up_id->value.len <= 128) /* copied: the read buffer goes back to its pool first */
+        rec->upstream_req_id = slice_of(arena_strndup(r->arena, up_id->value.ptr, up_id->value.len));
+    int status = r->res.status;
+    if (status == 401 || status == 403) {
+        /* §6: the client's key was fine; the server's own is not */
+        const char *msg = !r->env->target->auth_header
+                              ? "the upstream asks for an API key and the gateway has no upstream key configured"
+                          : status == 401 ? "the upstream refused the gateway's own API key (401); the client's key "
+                                            "was fine: the server's upstream key needs fixing"
+                                          : "the upstream refused the gateway's own API key (403); the client's key "
+                                            "was fine: the server's upstream key lacks access";
+        fail(r, 502, msg, "upstream_auth_error");
+        return false;
+    }
+    bool has_body = r->res.body_kind != HTTP_BODY_NONE && r->req->http->method != HTTP_HEAD;
     bool stream = is_event_stream(r->res.content_type) && r->res.body_kind != HTTP_BODY_NONE;
+    r->body_left = r->res.content_length;
+    r->dec_start = r->dec_end = r->raw_start = r->res.head_len;
+    r->body_complete = r->res.body_kind == HTTP_BODY_NONE ||
+                       (r->res.body_kind == HTTP_BODY_LENGTH && r->res.content_length == 0);
+    if (status >= 400 && has_body) {
+        r->state = RELAY_ERROR_BODY;
+        return process_body(r, false);
+    }
     if (build_client_head(r, stream) != 0) {
         fail(r, 502, "upstream response head too large", "upstream_protocol_error");
         return false;
     }
     r->state = stream ? RELAY_STREAM : RELAY_BODY;
-    r->body_left = r->res.content_length;
-    r->dec_start = r->dec_end = r->raw_start = r->res.head_len;
-    r->body_complete = r->res.body_kind == HTTP_BODY_NONE ||
-                       (r->res.body_kind == HTTP_BODY_LENGTH && r->res.content_length == 0);
-    if (stream)
+    if (stream) {
+        r->streaming = true;
+        metrics_gauge_streams(r->env->metrics, 1);
         loop_timer_arm(r->env->loop, &r->heartbeat, HEARTBEAT_MS, on_heartbeat, r);
+    } else {
+        r->retain = status < 300 && has_body && r->res.content_type.len >= 16 &&
+                    slice_eq_nocase((slice){r->res.content_type.ptr, 16}, SLICE_LIT("application/json"));
+        r->body_start = r->res.head_len;
+    }
     return process_body(r, false);
 }
 
@@ -607,6 +805,8 @@ static void retry_or_fail(relay *r, int status, const char *message, const char 
     }
     if (r->len == 0 && !r->head_sent && r->retries < r->env->cfg->retries &&
         now(r) - r->started_ms < r->env->cfg->request_timeout_ms) {
+        count_upstream_error(r, code);
+        metrics_retry(r->env->metrics, r->env->upstream_id);
         r->retries++;
         r->req->record->retries = r->retries;
         release_upstream(r, false);
@@ -800,17 +1000,66 @@ static void start_attempt(relay *r)
         fail(r, 502, "out of memory", "internal_error");
 }
 
+/* ---- the caller's limits ---- */
+
+/* Checks the caller's limits before the upstream is asked; false after
+ * answering 429 (§3). */
+static bool admit(relay *r, const auth_identity *who)
+{
+    bool stream = r->info.stream;
+    r->limited = true;
+    if (limits_admit(who->state, &who->spec, now(r) * 1000, stream, &r->verdict)) {
+        r->req->holds_stream = stream;
+        return true;
+    }
+    static const struct {
+        metrics_limit_kind kind;
+        const char *type, *what;
+    } refusal[] = {[REFUSED_REQUESTS] = {LIMIT_REQUESTS, "requests", "requests per minute"},
+                   [REFUSED_TOKENS] = {LIMIT_TOKENS, "tokens", "tokens per minute"},
+                   [REFUSED_STREAMS] = {LIMIT_STREAMS, "streams", "concurrent streams"}};
+    const limit_verdict *v = &r->verdict;
+    uint64_t limit = v->refused == REFUSED_REQUESTS ? who->spec.rpm
+                     : v->refused == REFUSED_TOKENS ? who->spec.tpm
+                                                    : who->spec.streams;
+    metrics_rate_limited(r->env->metrics, who->metrics_id, refusal[v->refused].kind);
+    char msg[160];
+    wbuf m = wbuf_over(msg, sizeof msg - 1);
+    wbuf_puts(&m, "rate limit reached for ");
+    wbuf_puts(&m, refusal[v->refused].what);
+    wbuf_puts(&m, " (limit ");
+    wbuf_put_u64(&m, limit);
+    wbuf_puts(&m, "); try again in ");
+    wbuf_put_u64(&m, v->retry_after_s);
+    wbuf_puts(&m, " s");
+    msg[m.len] = '\0';
+    char extra[512];
+    wbuf e = wbuf_over(extra, sizeof extra - 1);
+    limits_write_headers(&e, v);
+    extra[e.len] = '\0';
+    access_record *rec = r->req->record;
+    rec->status = 429;
+    rec->error = arena_strndup(r->arena, msg, m.len);
+    r->state = RELAY_FINISHED;
+    r->sink->error(r->client, 429, msg, refusal[v->refused].type, "rate_limit_exceeded", extra);
+    return false;
+}
+
 /* ---- the public face ---- */
 
-relay *relay_start(const relay_env *env, arena *a, const relay_request *req, const relay_sink *sink, void *client)
+relay *relay_start(const relay_env *env, arena *a, relay_request *req, const relay_sink *sink, void *client)
 {
     relay *r = arena_alloc(a, sizeof *r);
     if (!r) {
-        sink->error(client, 503, "out of memory", "server_error", "internal_error");
+        sink->error(client, 503, "out of memory", "server_error", "internal_error", NULL);
         return NULL;
     }
     memset(r, 0, sizeof *r);
     r->env = env;
+    if (env->target->auth_header) /* "Bearer <key>" */
+        secrets_add(&r->secrets, slice_of(env->target->auth_header + 7));
+    if (req->caller)
+        secrets_add(&r->secrets, req->caller->presented);
     r->arena = a;
     r->req = req;
     r->sink = sink;
@@ -827,16 +1076,21 @@ relay *relay_start(const relay_env *env, arena *a, const relay_request *req, con
         if (json_inspect_request(req->body, req->body_len, a, &r->info, &why) != 0) {
             rec->status = 400;
             rec->error = why;
-            sink->error(client, 400, why, "invalid_request_error", "invalid_json");
+            sink->error(client, 400, why, "invalid_request_error", "invalid_json", NULL);
             return NULL;
         }
         rec->model = r->info.model;
         r->client_wants_usage = r->info.client_wants_usage;
+        /* §5: only these report usage in a chunk of its own; other bodies go up unchanged */
+        if (!slice_eq(h->path, SLICE_LIT("/v1/chat/completions")) && !slice_eq(h->path, SLICE_LIT("/v1/completions")))
+            r->info.usage_edit.active = false;
     }
+    if (req->caller && req->caller->state && !admit(r, req->caller))
+        return NULL;
     if (build_request(r) != 0) {
         rec->status = 431;
         rec->error = "request head too large to forward";
-        sink->error(client, 431, rec->error, "invalid_request_error", "headers_too_large");
+        sink->error(client, 431, rec->error, "invalid_request_error", "headers_too_large", NULL);
         return NULL;
     }
     loop_timer_arm(env->loop, &r->deadline, env->cfg->request_timeout_ms, on_deadline, r);
@@ -854,6 +1108,7 @@ void relay_abort(relay *r)
         r->req->record->status = 499;
     stop_timers(r);
     release_upstream(r, false);
+    settle(r);
 }
 
 void relay_resume(relay *r)

@@ -15,14 +15,19 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "upstream/upstream.h"
+#include "gateway/auth.h"
+#include "gateway/limits.h"
+#include "gateway/metrics.h"
 
 /* The client as the relay sees it: where bytes go, nothing more. */
 typedef struct relay_sink {
     /* Sends or queues all of iov; -1 when the client is gone. */
     int (*send)(void *client, const struct iovec *iov, size_t count);
     size_t (*pending)(void *client);
-    /* Answers with a §6 JSON error (before any byte of an answer was sent). */
-    void (*error)(void *client, int status, const char *message, const char *type, const char *code);
+    /* Answers with a §6 JSON error (before any byte of an answer was sent);
+     * `extra` is more header lines, each "\r\nName: value", or NULL. */
+    void (*error)(void *client, int status, const char *message, const char *type, const char *code,
+                  const char *extra);
     /* The answer is complete; `reusable` when the client connection may go on. */
     void (*finished)(void *client, bool reusable);
 } relay_sink;
@@ -32,6 +37,8 @@ typedef struct relay_env {
     const config *cfg;
     upstream_target *target;
     buffer_pool *read_buffers; /* RELAY_READ_BUFFER bytes each */
+    metrics *metrics;
+    uint32_t upstream_id;      /* the target's series in metrics */
 } relay_env;
 
 enum { RELAY_READ_BUFFER = 64 * 1024, RELAY_CLIENT_HIGH_WATER = 256 * 1024 };
@@ -41,14 +48,17 @@ typedef struct relay_request {
     const char *body;
     size_t body_len;
     slice req_id;
+    slice traceparent;             /* W3C trace context sent upstream */
+    const auth_identity *caller;   /* who asked: limits, and a credential to scrub */
     access_record *record; /* the relay fills status, model, upstream, timings, counts, error */
+    bool holds_stream;     /* out: a stream slot of the caller's limit was taken */
 } relay_request;
 
 typedef struct relay relay;
 
 /* Starts relaying; memory comes from `a`. Returns NULL after answering the
  * client itself (bad body: 400). */
-relay *relay_start(const relay_env *env, arena *a, const relay_request *req, const relay_sink *sink, void *client);
+relay *relay_start(const relay_env *env, arena *a, relay_request *req, const relay_sink *sink, void *client);
 /* The client went away: close the upstream connection now, release all. */
 void relay_abort(relay *r);
 /* The client's queue drained below the high-water mark. */

@@ -12,11 +12,15 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/arena.h"
 #include "http/http.h"
+#include "gateway/auth.h"
 #include "gateway/json.h"
+#include "gateway/keys.h"
+#include "gateway/metrics.h"
 #include "core/log.h"
 #include "gateway/relay.h"
 #include "core/wbuf.h"
@@ -28,6 +32,7 @@ enum {
     OUT_BUFFER = 2 * RELAY_CLIENT_HIGH_WATER + RELAY_READ_BUFFER,
     ACCEPTS_PER_TICK = 64,
     REQ_ID_MAX = 128,
+    TRACEPARENT_LEN = 55, /* 00-<32 hex>-<16 hex>-<2 hex> */
     LINGER_MS = 1000,
     REFUSAL_SLOTS = 64, /* connections past --max-conns that still get a polite 503 */
 };
@@ -46,6 +51,8 @@ struct server {
     loop *loop;
     const config *cfg;
     upstream_target *target;
+    auth *auth;
+    metrics *metrics;
     relay_env env;
     int listen_fd;
     loop_io listen_io;
@@ -84,6 +91,9 @@ struct client {
     relay_request relay_req;
     access_record record;
     char req_id[REQ_ID_MAX + 1];
+    char traceparent[TRACEPARENT_LEN + 1];
+    auth_identity caller;
+    bool has_caller;
     uint64_t started_ms;
     size_t in_used; /* bytes at the start of `in` that belong to this request */
     bool request_done, reusable, dead, closing_after_write, in_request;
@@ -202,7 +212,7 @@ static int client_send(client *c, const struct iovec *iov, size_t count)
 
 static void send_simple(client *c, int status, const char *content_type, slice body, bool close, const char *extra)
 {
-    char mem[1024];
+    char mem[2048];
     wbuf b = wbuf_over(mem, sizeof mem);
     wbuf_puts(&b, "HTTP/1.1 ");
     wbuf_put_u64(&b, (uint64_t)status);
@@ -227,7 +237,9 @@ static void send_simple(client *c, int status, const char *content_type, slice b
         c->record.bytes_out += b.len + iov[1].iov_len;
 }
 
-static void send_error(client *c, int status, const char *message, const char *type, const char *code, bool close)
+/* `extra`: more header lines, each "\r\nName: value". */
+static void send_error_with(client *c, int status, const char *message, const char *type, const char *code,
+                            bool close, const char *extra)
 {
     char mem[1024];
     wbuf b = wbuf_over(mem, sizeof mem);
@@ -236,10 +248,29 @@ static void send_error(client *c, int status, const char *message, const char *t
     if (!c->record.error)
         c->record.error = message;
     send_simple(c, status, "application/json", wbuf_slice(&b), close,
-                status == 503 ? "\r\nRetry-After: 1" : NULL);
+                extra ? extra : status == 503 ? "\r\nRetry-After: 1" : NULL);
+}
+
+static void send_error(client *c, int status, const char *message, const char *type, const char *code, bool close)
+{
+    send_error_with(c, status, message, type, code, close, NULL);
 }
 
 /* ---- request bookkeeping ---- */
+
+/* splitmix64 over a random seed: unique enough, no syscall per request */
+static void put_random_hex(server *s, char *out, size_t digits)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < digits; i += 16) {
+        uint64_t z = (s->id_state += 0x9e3779b97f4a7c15u);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+        z ^= z >> 31;
+        for (size_t k = 0; k < 16 && i + k < digits; k++)
+            out[i + k] = hex[(z >> (k * 4)) & 15];
+    }
+}
 
 static void make_request_id(client *c)
 {
@@ -256,30 +287,68 @@ static void make_request_id(client *c)
             return;
         }
     }
-    /* splitmix64 over a random seed: unique enough, no syscall per request */
-    uint64_t words[2];
-    for (int i = 0; i < 2; i++) {
-        uint64_t z = (c->srv->id_state += 0x9e3779b97f4a7c15u);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-        words[i] = z ^ (z >> 31);
-    }
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < 32; i++)
-        c->req_id[i] = hex[(words[i / 16] >> ((i % 16) * 4)) & 15];
+    put_random_hex(c->srv, c->req_id, 32);
     c->req_id[32] = '\0';
 }
 
+static bool is_lower_hex(slice s)
+{
+    for (size_t i = 0; i < s.len; i++)
+        if (!((s.ptr[i] >= '0' && s.ptr[i] <= '9') || (s.ptr[i] >= 'a' && s.ptr[i] <= 'f')))
+            return false;
+    return true;
+}
+
+/* W3C trace context: the client's when well formed, else a new trace. */
+static void make_traceparent(client *c)
+{
+    const http_header *h = http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("traceparent"));
+    if (h && h->value.len == TRACEPARENT_LEN && h->value.ptr[2] == '-' && h->value.ptr[35] == '-' &&
+        h->value.ptr[52] == '-' && !slice_starts_with(h->value, SLICE_LIT("ff")) &&
+        is_lower_hex((slice){h->value.ptr, 2}) && is_lower_hex((slice){h->value.ptr + 3, 32}) &&
+        is_lower_hex((slice){h->value.ptr + 36, 16}) && is_lower_hex((slice){h->value.ptr + 53, 2})) {
+        memcpy(c->traceparent, h->value.ptr, TRACEPARENT_LEN);
+        c->traceparent[TRACEPARENT_LEN] = '\0';
+        return;
+    }
+    memcpy(c->traceparent, "00-", 3);
+    put_random_hex(c->srv, c->traceparent + 3, 32);
+    c->traceparent[35] = '-';
+    put_random_hex(c->srv, c->traceparent + 36, 16);
+    memcpy(c->traceparent + 52, "-01", 4);
+}
+
+/* The end of a request, once: the caller's tokens and stream slot, the
+ * metrics, the log line. */
 static void log_request(client *c)
 {
     if (!c->in_request)
         return;
+    server *s = c->srv;
     access_record *r = &c->record;
+    uint64_t now_ms = loop_now_ms(s->loop);
     r->req_id = slice_of(c->req_id);
     r->method = c->req.method_name;
     r->path = c->req.path;
-    r->client = SLICE_LIT("anonymous");
-    r->dur_ms = loop_now_ms(c->srv->loop) - c->started_ms;
+    r->client = c->has_caller ? slice_of(c->caller.name) : SLICE_LIT("anonymous");
+    r->dur_ms = now_ms - c->started_ms;
+    uint64_t tokens = r->prompt_tokens + r->completion_tokens;
+    if (c->has_caller) {
+        auth_identity *who = &c->caller;
+        if (who->state) {
+            limits_charge_tokens(who->state, &who->spec, now_ms * 1000, tokens);
+            if (c->relay_req.holds_stream)
+                limits_stream_ended(who->state);
+        }
+        if (tokens)
+            metrics_tokens(s->metrics, who->metrics_id, r->prompt_tokens, r->completion_tokens);
+        auth_release(s->auth, who);
+        c->has_caller = false;
+    } else if (tokens) {
+        metrics_tokens(s->metrics, metrics_client(s->metrics, r->client), r->prompt_tokens, r->completion_tokens);
+    }
+    c->relay_req.holds_stream = false;
+    metrics_request(s->metrics, metrics_route_of(r->path), r->status, r->dur_ms * 1000);
     log_access(r);
     c->in_request = false;
 }
@@ -291,6 +360,7 @@ static void begin_request(client *c)
     memset(&c->record, 0, sizeof c->record);
     c->record.ttfb_ms = -1;
     c->req_id[0] = '\0';
+    c->relay_req.holds_stream = false;
 }
 
 /* Forgets the finished request; keeps pipelined bytes that follow it. */
@@ -351,10 +421,11 @@ static int sink_send(void *ctx, const struct iovec *iov, size_t count) { return 
 
 static size_t sink_pending(void *ctx) { return pending_out(ctx); }
 
-static void sink_error(void *ctx, int status, const char *message, const char *type, const char *code)
+static void sink_error(void *ctx, int status, const char *message, const char *type, const char *code,
+                       const char *extra)
 {
     client *c = ctx;
-    send_error(c, status, message, type, code, !c->req.keep_alive);
+    send_error_with(c, status, message, type, code, !c->req.keep_alive, extra);
     request_finished(c, true);
 }
 
@@ -381,8 +452,14 @@ static void start_relay(client *c)
 {
     server *s = c->srv;
     c->state = CLIENT_RELAYING;
-    c->relay_req = (relay_request){
-        .http = &c->req, .body = c->body, .body_len = c->body_len, .req_id = slice_of(c->req_id), .record = &c->record};
+    make_traceparent(c);
+    c->relay_req = (relay_request){.http = &c->req,
+                                   .body = c->body,
+                                   .body_len = c->body_len,
+                                   .req_id = slice_of(c->req_id),
+                                   .traceparent = slice_of(c->traceparent),
+                                   .caller = c->has_caller ? &c->caller : NULL,
+                                   .record = &c->record};
     c->record.bytes_in = c->req.head_len + c->body_len;
     s->active_requests++;
     c->relay = relay_start(&s->env, &c->arena, &c->relay_req, &sink, c);
@@ -396,18 +473,100 @@ static bool is_v1(slice path)
     return slice_eq(path, SLICE_LIT("/v1")) || slice_starts_with(path, SLICE_LIT("/v1/"));
 }
 
+/* JWT exp and nbf are Unix times: the loop's monotonic clock is not one. */
+static uint64_t unix_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* §3: who is asking. False after answering 401 (or 503). */
+static bool authenticate(client *c)
+{
+    server *s = c->srv;
+    if (!auth_required(s->auth))
+        return true;
+    const char *why = NULL;
+    auth_status st = auth_check(s->auth, c->req.headers, c->req.header_count, unix_now_ms(), &c->caller, &why);
+    if (st == AUTH_OK) {
+        c->has_caller = true;
+        return true;
+    }
+    c->record.bytes_in = c->req.head_len + c->body_len;
+    if (st == AUTH_BUSY) {
+        send_error(c, 503, why, "server_error", "over_capacity", !c->req.keep_alive);
+        request_finished(c, true);
+        return false;
+    }
+    static const metrics_auth_failure_reason reasons[] = {[AUTH_MISSING] = AUTHFAIL_MISSING,
+                                                   [AUTH_INVALID_KEY] = AUTHFAIL_INVALID_KEY,
+                                                   [AUTH_INVALID_TOKEN] = AUTHFAIL_INVALID_TOKEN};
+    metrics_auth_failure(s->metrics, reasons[st]);
+    bool token = st == AUTH_INVALID_TOKEN;
+    char msg[192];
+    if (token)
+        snprintf(msg, sizeof msg, "invalid token: %s", why);
+    else
+        snprintf(msg, sizeof msg, "%s", why);
+    c->record.error = token ? "invalid token" : st == AUTH_MISSING ? "missing API key" : "invalid API key";
+    send_error_with(c, 401, msg, "invalid_request_error", token ? "invalid_token" : "invalid_api_key",
+                    !c->req.keep_alive,
+                    token ? "\r\nWWW-Authenticate: Bearer realm=\"ssegate\", error=\"invalid_token\""
+                          : "\r\nWWW-Authenticate: Bearer realm=\"ssegate\"");
+    request_finished(c, true);
+    return false;
+}
+
+/* /metrics, behind a bearer token when one is configured (§8). */
+static void answer_metrics(client *c)
+{
+    server *s = c->srv;
+    const config *cfg = s->cfg;
+    if (cfg->metrics_token) {
+        bool malformed;
+        slice given = auth_credential(c->req.headers, c->req.header_count, &malformed);
+        unsigned char want[KEY_DIGEST_LEN], got[KEY_DIGEST_LEN];
+        key_digest(slice_of(cfg->metrics_token), want);
+        key_digest(given, got);
+        if (malformed || !digest_equal(want, got, sizeof want)) {
+            send_error_with(c, 401, "/metrics needs 'Authorization: Bearer <metrics token>'",
+                            "invalid_request_error", "invalid_api_key", !c->req.keep_alive,
+                            "\r\nWWW-Authenticate: Bearer realm=\"ssegate metrics\"");
+            request_finished(c, true);
+            return;
+        }
+    }
+    c->record.status = 200;
+    send_simple(c, 200, "text/plain; version=0.0.4; charset=utf-8", metrics_render(s->metrics), !c->req.keep_alive,
+                NULL);
+    request_finished(c, true);
+}
+
 /* Routes a request whose head (and body) arrived. */
 static void route(client *c)
 {
     slice path = c->req.path;
     http_method m = c->req.method;
     bool get = m == HTTP_GET || m == HTTP_HEAD;
-    if (is_v1(path)) {
-        start_relay(c);
+    c->record.bytes_in = c->req.head_len + c->body_len;
+    if (m == HTTP_OTHER) {
+        /* TRACE would echo the upstream key back; CONNECT asks for a tunnel */
+        static const char allow[] = "\r\nAllow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+        bool tunnel = slice_eq(c->req.method_name, SLICE_LIT("CONNECT"));
+        send_error_with(c, 405, "method not allowed", "invalid_request_error", "method_not_allowed",
+                        tunnel || !c->req.keep_alive, allow);
+        request_finished(c, !tunnel);
         return;
     }
-    c->record.bytes_in = c->req.head_len + c->body_len;
-    if (slice_eq(path, SLICE_LIT("/ping")) && get)
+    if (is_v1(path)) {
+        if (authenticate(c))
+            start_relay(c);
+        return;
+    }
+    if (slice_eq(path, SLICE_LIT("/metrics")) && get)
+        answer_metrics(c);
+    else if (slice_eq(path, SLICE_LIT("/ping")) && get)
         answer_json(c, 200, "{\"message\":\"pong\"}");
     else if (slice_eq(path, SLICE_LIT("/healthz")) && get)
         answer_json(c, 200, "{\"status\":\"ok\"}");
@@ -415,7 +574,7 @@ static void route(client *c)
         answer_json(c, c->srv->ready && !c->srv->draining ? 200 : 503,
                     c->srv->ready && !c->srv->draining ? "{\"status\":\"ready\"}" : "{\"status\":\"not ready\"}");
     else if (slice_eq(path, SLICE_LIT("/ping")) || slice_eq(path, SLICE_LIT("/healthz")) ||
-             slice_eq(path, SLICE_LIT("/readyz")))
+             slice_eq(path, SLICE_LIT("/readyz")) || slice_eq(path, SLICE_LIT("/metrics")))
         reject(c, 405, "method not allowed", "method_not_allowed");
     else
         reject(c, 404, "no such route", "not_found");
@@ -629,6 +788,7 @@ static void client_close(client *c)
     if (c->next)
         c->next->prev = c->prev;
     s->conn_count--;
+    metrics_gauge_connections(s->metrics, -1);
     pool_put(&s->in_buffers, c->in);
     pool_put(&s->out_buffers, c->out);
     c->in = c->out = NULL;
@@ -855,6 +1015,7 @@ static void on_accept(void *ctx, uint32_t events)
             s->clients->prev = c;
         s->clients = c;
         s->conn_count++;
+        metrics_gauge_connections(s->metrics, 1);
         arm_timer(c, s->cfg->header_timeout_ms);
         if (over_capacity) {
             send_error(c, 503, "too many connections; try again shortly", "server_error", "over_capacity", true);
@@ -941,7 +1102,7 @@ static int bind_listener(server *s, const char *spec, const char **why)
     return 0;
 }
 
-server *server_new(loop *l, const config *cfg, upstream_target *target, const char **why)
+server *server_new(loop *l, const config *cfg, upstream_target *target, auth *a, metrics *m, const char **why)
 {
     server *s = calloc(1, sizeof *s);
     if (!s) {
@@ -951,11 +1112,18 @@ server *server_new(loop *l, const config *cfg, upstream_target *target, const ch
     s->loop = l;
     s->cfg = cfg;
     s->target = target;
+    s->auth = a;
+    s->metrics = m;
     s->listen_fd = -1;
     s->in_buffers = (buffer_pool){.size = IN_BUFFER, .max_free = 1024};
     s->out_buffers = (buffer_pool){.size = OUT_BUFFER, .max_free = 16};
     s->read_buffers = (buffer_pool){.size = RELAY_READ_BUFFER, .max_free = 256};
-    s->env = (relay_env){.loop = l, .cfg = cfg, .target = target, .read_buffers = &s->read_buffers};
+    s->env = (relay_env){.loop = l,
+                         .cfg = cfg,
+                         .target = target,
+                         .read_buffers = &s->read_buffers,
+                         .metrics = m,
+                         .upstream_id = metrics_upstream(m, slice_of(target->name))};
     if (getrandom(&s->id_state, sizeof s->id_state, 0) != (ssize_t)sizeof s->id_state)
         s->id_state = (uint64_t)getpid() * 0x9e3779b97f4a7c15u;
     if (bind_listener(s, cfg->listen, why) != 0 ||

@@ -7,12 +7,15 @@
 
 #include "core/config.h"
 #include "core/loop.h"
+#include "gateway/auth.h"
+#include "gateway/metrics.h"
 #include "upstream/upstream.h"
 
 typedef struct server server;
 
-/* Binds cfg->listen. Returns NULL with *why on failure. */
-server *server_new(loop *l, const config *cfg, upstream_target *target, const char **why);
+/* Binds cfg->listen. Client auth and metrics are borrowed. Returns NULL
+ * with *why on failure. */
+server *server_new(loop *l, const config *cfg, upstream_target *target, auth *a, metrics *m, const char **why);
 /* "ADDR:PORT" actually bound (port 0 resolved). */
 const char *server_address(const server *s);
 /* Ready for traffic: /readyz turns 200. */

@@ -2339,8 +2339,11 @@ def keyless_http_upstream_is_real(ctx):
     try:
         check('demo' not in first, 'a keyless http:// upstream started the demo: %s' % first)
         r = post_chat(port, stream=False, auth=False)
-        # the mock insists on the upstream key, which this gateway does not have
-        check(r.status == 401, 'keyless upstream request answered %d, not the mock\'s 401' % r.status)
+        # the mock insists on the upstream key, which this gateway does not have: the
+        # client's key is not at fault, so the answer is the gateway's 502 (§6)
+        check(r.status == 502, 'keyless upstream request answered %d, want 502' % r.status)
+        e = check_error_shape(r.body)
+        check(e['code'] == 'upstream_auth_error' and 'no upstream key' in e['message'], 'error %s' % e)
         last = m.last()
         check('authorization' not in last['headers'], 'a keyless gateway sent an Authorization header upstream')
     finally:
@@ -2466,6 +2469,16 @@ def no_fd_or_rss_growth(ctx):
     check(rss1 - rss0 <= 2048, 'VmRSS grew by %d KiB (bound 2048)' % (rss1 - rss0))
 
 
+# Further suites live beside this file as suite_*.py; they share this module's
+# helpers and register their tests with @test like the ones above.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _name in sorted(os.listdir(_HERE)):
+    if _name.startswith('suite_') and _name.endswith('.py'):
+        with open(os.path.join(_HERE, _name)) as _f:
+            exec(compile(_f.read(), os.path.join(_HERE, _name), 'exec'), globals())
+
+
+
 @test(ANY, timeout=10)
 def logs_have_no_secrets(ctx):
     r = post_chat(ctx.gw.port, n=2)   # at least one request with a client key
@@ -2486,15 +2499,6 @@ def logs_have_no_secrets(ctx):
 
 # ---------------------------------------------------------------------------
 # Runner
-
-
-# Further suites live beside this file as suite_*.py; they share this module's
-# helpers and register their tests with @test like the ones above.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-for _name in sorted(os.listdir(_HERE)):
-    if _name.startswith('suite_') and _name.endswith('.py'):
-        with open(os.path.join(_HERE, _name)) as _f:
-            exec(compile(_f.read(), os.path.join(_HERE, _name), 'exec'), globals())
 
 
 def run_test(env, name, fn, mode, timeout, param):
@@ -2557,11 +2561,21 @@ def sanitizer_report():
 
 
 def serve(args):
-    """Starts a plaintext mock and a gateway, prints the gateway's port, runs until
-    stdin closes (or SIGTERM, or --serve-seconds)."""
+    """Starts a plaintext mock and a gateway with client keys (sk-sdk-good-0123456789,
+    and sk-sdk-rpm-0123456789 limited to 60 requests a minute), prints the gateway's
+    port, runs until stdin closes (or SIGTERM, or --serve-seconds)."""
     mock = Mock(args.mock, 'mock-serve')
-    gw = Gateway(args.gateway, 'gw-serve', 'http://127.0.0.1:%d/v1' % mock.port, None,
-                 ['--first-byte-timeout', '5s', '--idle-timeout', '5s', '--retries', '0'])
+    # client keys the SDK suite knows: one without limits, one at 60 requests a minute
+    keys_dir = tempfile.mkdtemp(prefix='ssegate-serve-')
+    keys = os.path.join(keys_dir, 'keys')
+    with open(keys, 'w') as f:
+        f.write('sk-sdk-good-0123456789 sdk\nsk-sdk-rpm-0123456789 sdk-rpm 60 - -\n')
+    try:
+        gw = Gateway(args.gateway, 'gw-serve', 'http://127.0.0.1:%d/v1' % mock.port, None,
+                     ['--first-byte-timeout', '5s', '--idle-timeout', '5s', '--retries', '0', '--keys-file', keys])
+    finally:
+        import shutil
+        shutil.rmtree(keys_dir, ignore_errors=True)
     print(gw.port, flush=True)
     end = time.monotonic() + args.serve_seconds
     done = threading.Event()

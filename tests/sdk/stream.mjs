@@ -15,7 +15,7 @@ const TORTURE = 'q"b\\s\n<é😀> ';
 const expected = (n) => Array.from({ length: n }, (_, i) => (i % 5 === 4 ? TORTURE : `tok${i} `)).join('');
 
 const client = new OpenAI({
-  apiKey: 'unused-client-key',
+  apiKey: 'sk-sdk-good-0123456789', // a client key of the gateway's (run.py --serve)
   baseURL: `http://127.0.0.1:${port}/v1`,
   maxRetries: 0,
   timeout: 10_000,
@@ -127,6 +127,47 @@ await test('upstream 429 surfaces as RateLimitError', async () => {
     return;
   }
   throw new Error('no error thrown');
+});
+
+await test('a bad client key is AuthenticationError', async () => {
+  const bad = new OpenAI({ apiKey: 'sk-not-a-client', baseURL: `http://127.0.0.1:${port}/v1`, maxRetries: 0 });
+  try {
+    await bad.chat.completions.create({ model: 'gpt-4o-mini', messages });
+  } catch (e) {
+    assert(e instanceof OpenAI.AuthenticationError, `got ${e && e.constructor && e.constructor.name}: ${e}`);
+    assert(e.status === 401 && e.code === 'invalid_api_key', `status ${e.status} code ${e.code}`);
+    return;
+  }
+  throw new Error('no error thrown');
+});
+
+await test('models.list() through the gateway', async () => {
+  const ids = [];
+  for await (const m of client.models.list()) ids.push(m.id);
+  assert(ids.length >= 1 && ids.every((id) => typeof id === 'string'), `models ${show(ids)}`);
+});
+
+await test('the gateway\'s 429 is RateLimitError, and the SDK retries after Retry-After', async () => {
+  const limited = (retries) =>
+    new OpenAI({ apiKey: 'sk-sdk-rpm-0123456789', baseURL: `http://127.0.0.1:${port}/v1`, maxRetries: retries });
+  const once = limited(0);
+  let refused = null;
+  for (let i = 0; i < 61 && !refused; i++) {
+    try {
+      await once.chat.completions.create({ model: 'gpt-4o-mini', messages }, { headers: { 'X-Mock-Chunks': '1' } });
+    } catch (e) {
+      refused = e;
+    }
+  }
+  assert(refused instanceof OpenAI.RateLimitError, `got ${refused && refused.constructor.name}: ${refused}`);
+  assert(refused.headers?.['retry-after'] === '1' || refused.headers?.get?.('retry-after') === '1',
+    `retry-after ${show(refused.headers)}`);
+  const t0 = Date.now();
+  const r = await limited(2).chat.completions.create(
+    { model: 'gpt-4o-mini', messages }, { headers: { 'X-Mock-Chunks': '2' } });
+  const waited = Date.now() - t0;
+  assert(r.choices[0].message.content === expected(2), 'content after the retry');
+  assert(waited >= 500, `succeeded after ${waited} ms: it cannot have waited for Retry-After`);
 });
 
 await test('mid-stream upstream close surfaces as an error', async () => {

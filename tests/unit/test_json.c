@@ -429,3 +429,26 @@ TEST(json_request_duplicate_include_usage_last_wins)
     CHECK(info.usage_edit.remove == 5 && memcmp(body + info.usage_edit.at, "false", 5) == 0);
     arena_reset(&a);
 }
+
+TEST(json_find_usage_reads_the_last_usage_object)
+{
+    arena a;
+    arena_init(&a);
+    json_chunk_info info;
+    const char *chat = "{\"id\":\"x\",\"choices\":[{\"message\":{\"content\":\"the \\\"usage\\\": {\\\"prompt_tokens\\\":9}\"}}],"
+                       "\"usage\" : {\"prompt_tokens\":12,\"completion_tokens\":34,\"total_tokens\":46,"
+                       "\"prompt_tokens_details\":{\"cached_tokens\":0}}}";
+    CHECK(json_find_usage(chat, strlen(chat), &a, &info));
+    CHECK(info.has_usage && info.prompt_tokens == 12 && info.completion_tokens == 34);
+    const char *responses = "{\"object\":\"response\",\"usage\":{\"input_tokens\":5,\"output_tokens\":7}}";
+    CHECK(json_find_usage(responses, strlen(responses), &a, &info));
+    CHECK(info.prompt_tokens == 5 && info.completion_tokens == 7);
+    const char *none[] = {"{\"id\":\"x\"}", "{\"usage\":null}", "{\"usage\":{\"prompt_tokens\":1", "{\"usage\":{\"a\":\"}\"",
+                          "\"usage\""};
+    for (size_t i = 0; i < sizeof none / sizeof none[0]; i++)
+        CHECK(!json_find_usage(none[i], strlen(none[i]), &a, &info));
+    /* a brace inside a string does not end the object */
+    const char *tricky = "{\"usage\":{\"note\":\"}{\\\"\",\"completion_tokens\":3}}";
+    CHECK(json_find_usage(tricky, strlen(tricky), &a, &info) && info.completion_tokens == 3);
+    arena_reset(&a);
+}
