@@ -559,3 +559,17 @@ def models_list_with_key(ctx):
     check(r.status == 200, 'status %d' % r.status)
     j = r.json()
     check(j.get('object') == 'list' and len(j.get('data', [])) >= 1, 'models %s' % short(r.body))
+
+
+@test(ANY)
+def traceparent_generated_when_absent_or_invalid(ctx):
+    mock, gw = auth_pair(ctx)
+    tp_re = re.compile(r'^00-[0-9a-f]{32}-[0-9a-f]{16}-01$')
+    seen = set()
+    for extra in ([], [('traceparent', 'not-a-trace')], [('traceparent', 'ff-' + '1' * 32 + '-' + '2' * 16 + '-01')]):
+        r = chat(gw.port, 'sk-team-a-2f9d1c7e5b', extra=extra)
+        check(r.status == 200, 'status %d' % r.status)
+        got = mock.last()['headers'].get('traceparent', '')
+        check(tp_re.match(got), 'upstream traceparent %r for a request with %s' % (got, extra))
+        seen.add(got)
+    check(len(seen) == 3, 'generated trace contexts repeat: %s' % seen)
