@@ -18,7 +18,7 @@ typedef struct config {
     bool allow_anonymous;
     uint64_t connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, request_timeout_ms;
     uint64_t header_timeout_ms, keepalive_timeout_ms, drain_timeout_ms;
-    uint64_t max_body;
+    uint64_t max_body, max_upload;
     size_t max_conns;
     unsigned retries;
     log_format log_format;

@@ -1,6 +1,8 @@
 #include "demo/fakeai.h"
 #include "demo/fakeai_wire.h"
 
+#include <bearssl.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -1022,6 +1024,35 @@ static bool inspect_body(conn *c, slice body, json_request_info *info)
     return rc == 0;
 }
 
+/* Uploads (files, audio): what arrived, so a test can check it byte for
+ * byte without the mock echoing megabytes: size, SHA-256, content type. */
+static void answer_upload(conn *c, slice body)
+{
+    unsigned char digest[32];
+    br_sha256_context h;
+    br_sha256_init(&h);
+    br_sha256_update(&h, body.ptr, body.len);
+    br_sha256_out(&h, digest);
+    const http_header *ct = http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("content-type"));
+    wbuf b;
+    if (!fixed_begin(c, 512 + (ct ? 6 * ct->value.len : 0), &b))
+        return;
+    bool audio = slice_starts_with(c->req.path, SLICE_LIT("/v1/audio/"));
+    wbuf_puts(&b, audio ? "{\"text\":\"mock transcript\",\"bytes\":" : "{\"id\":\"file-mock\",\"object\":\"file\",\"bytes\":");
+    wbuf_put_u64(&b, body.len);
+    wbuf_puts(&b, ",\"sha256\":\"");
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof digest; i++) {
+        wbuf_put_char(&b, hex[digest[i] >> 4]);
+        wbuf_put_char(&b, hex[digest[i] & 15]);
+    }
+    wbuf_puts(&b, "\",\"content_type\":\"");
+    if (ct)
+        wbuf_put_json_escaped(&b, ct->value);
+    wbuf_puts(&b, audio ? "\"}" : "\",\"filename\":\"upload\",\"purpose\":\"assistants\",\"status\":\"processed\"}");
+    fixed_end(c, &b, 200, "application/json", (slice){NULL, 0});
+}
+
 static void route_v1(conn *c, slice body)
 {
     const http_request *req = &c->req;
@@ -1055,6 +1086,11 @@ static void route_v1(conn *c, slice body)
     }
     if ((req->method == HTTP_GET || req->method == HTTP_HEAD) && slice_eq(req->path, SLICE_LIT("/v1/models"))) {
         answer_models(c);
+        return;
+    }
+    if (post && c->f->faults && (slice_eq(req->path, SLICE_LIT("/v1/files")) ||
+                                 slice_starts_with(req->path, SLICE_LIT("/v1/audio/")))) {
+        answer_upload(c, body);
         return;
     }
     char msg[160];

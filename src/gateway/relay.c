@@ -59,6 +59,16 @@ struct relay {
     bool retain;              /* keep a JSON answer whole in buf, to read its usage at the end */
     size_t body_start;
 
+    /* a body that is not JSON, streamed up as it arrives (§4) */
+    char *up_buf;             /* framed body bytes waiting for the upstream socket */
+    size_t up_len, up_off;
+    bool uploading;           /* the client's body is still going up */
+    bool up_last;             /* the body's end is in up_buf */
+    bool up_started;          /* a body byte went up: no retry may repeat the request */
+    bool up_wanted;           /* the server holds bytes we had no room for */
+    bool up_cut;              /* the answer came before the body was all up */
+    bool pumping;
+
     loop_timer phase_timer;   /* first byte, then idle between chunks */
     loop_timer deadline;      /* the whole request */
     loop_timer heartbeat;     /* `: keep-alive` while the upstream is silent */
@@ -89,6 +99,10 @@ static void release_upstream(relay *r, bool reusable)
     if (r->buf) {
         pool_put(r->env->read_buffers, r->buf);
         r->buf = NULL;
+    }
+    if (r->up_buf && !r->uploading) {
+        pool_put(r->env->read_buffers, r->up_buf);
+        r->up_buf = NULL;
     }
 }
 
@@ -137,6 +151,7 @@ static void fail_before_answer(relay *r, int status, const char *message, const 
     record_error(r, message);
     r->req->record->status = status;
     stop_timers(r);
+    r->uploading = false;
     release_upstream(r, false);
     r->state = RELAY_FINISHED;
     settle(r);
@@ -198,7 +213,8 @@ static void finish(relay *r, bool client_reusable)
         return;
     r->state = RELAY_FINISHED;
     stop_timers(r);
-    release_upstream(r, r->upstream_reusable);
+    r->uploading = false;
+    release_upstream(r, r->upstream_reusable && !r->up_cut);
     settle(r);
     r->sink->finished(r->client, client_reusable);
 }
@@ -220,6 +236,8 @@ static void on_phase_timeout(void *ctx)
     if (r->state == RELAY_SENDING)
         retry_or_fail(r, 504, "upstream connect timed out (TLS handshake or sending the request)",
                       "upstream_connect_timeout");
+    else if (r->state == RELAY_AWAIT_HEAD && r->uploading)
+        fail(r, 504, "upstream stopped taking the request body", "upstream_timeout");
     else if (r->state == RELAY_AWAIT_HEAD)
         fail(r, 504, "upstream did not answer within the first-byte timeout", "upstream_timeout");
     else
@@ -320,7 +338,14 @@ static int build_request(relay *r)
     size_t body_len = r->req->body_len;
     if (e->active)
         body_len = body_len - e->remove + e->insert.len;
-    if (body_len || h->method == HTTP_POST || h->method == HTTP_PUT || h->method == HTTP_PATCH) {
+    if (r->req->upload) { /* framed as the client framed it */
+        if (h->body_kind == HTTP_BODY_CHUNKED) {
+            wbuf_puts(&b, "\r\nTransfer-Encoding: chunked");
+        } else {
+            wbuf_puts(&b, "\r\nContent-Length: ");
+            wbuf_put_u64(&b, h->content_length);
+        }
+    } else if (body_len || h->method == HTTP_POST || h->method == HTTP_PUT || h->method == HTTP_PATCH) {
         wbuf_puts(&b, "\r\nContent-Length: ");
         wbuf_put_u64(&b, body_len);
     }
@@ -739,6 +764,11 @@ static bool process_head(relay *r)
         r->len -= r->res.head_len;
         return r->len ? process_head(r) : true;
     }
+    if (r->uploading) { /* the upstream answered early (e.g. 413): the rest of the body is not wanted */
+        r->uploading = false;
+        r->up_cut = true;
+        r->up_off = r->up_len = 0;
+    }
     access_record *rec = r->req->record;
     uint64_t ttfb = now(r) - r->started_ms;
     rec->ttfb_ms = (int64_t)ttfb;
@@ -797,13 +827,13 @@ static void retry_or_fail(relay *r, int status, const char *message, const char 
 {
     /* A pooled connection the upstream had quietly closed is no failure of
      * the upstream: go again on a fresh one, without using up a retry. */
-    if (r->len == 0 && !r->head_sent && r->up && upstream_was_reused(r->up) && !r->fresh_only) {
+    if (r->len == 0 && !r->head_sent && !r->up_started && r->up && upstream_was_reused(r->up) && !r->fresh_only) {
         r->fresh_only = true;
         release_upstream(r, false);
         start_attempt(r);
         return;
     }
-    if (r->len == 0 && !r->head_sent && r->retries < r->env->cfg->retries &&
+    if (r->len == 0 && !r->head_sent && !r->up_started && r->retries < r->env->cfg->retries &&
         now(r) - r->started_ms < r->env->cfg->request_timeout_ms) {
         count_upstream_error(r, code);
         metrics_retry(r->env->metrics, r->env->upstream_id);
@@ -820,7 +850,70 @@ static void want_io(relay *r)
 {
     bool reading = r->state >= RELAY_AWAIT_HEAD && r->state != RELAY_FINISHED &&
                    r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER;
-    upstream_want(r->up, reading, r->state == RELAY_SENDING);
+    bool writing = r->state == RELAY_SENDING || (r->uploading && r->up_off < r->up_len);
+    upstream_want(r->up, reading, writing);
+}
+
+static void first_byte_wait(relay *r)
+{
+    loop_timer_arm(r->env->loop, &r->phase_timer, r->env->cfg->first_byte_timeout_ms, on_phase_timeout, r);
+}
+
+/* Writes the upload buffer to the upstream; when it has room again, asks
+ * the server for more of the client's body. Iterative: the server's answer
+ * lands in the buffer and this loop writes it. */
+static void pump_upload(relay *r)
+{
+    if (r->pumping)
+        return;
+    r->pumping = true;
+    for (;;) {
+        while (r->up_off < r->up_len) {
+            struct iovec iov = {r->up_buf + r->up_off, r->up_len - r->up_off};
+            ssize_t w = upstream_writev(r->up, &iov, 1);
+            if (w < 0 && errno == EAGAIN)
+                break;
+            if (w < 0) {
+                r->pumping = false;
+                char msg[256];
+                wbuf b = wbuf_over(msg, sizeof msg - 1);
+                wbuf_puts(&b, "upstream write failed while sending the request body: ");
+                wbuf_puts(&b, upstream_error(r->up));
+                msg[b.len] = '\0';
+                retry_or_fail(r, 502, msg, "upstream_io_error");
+                return;
+            }
+            r->up_started = true;
+            r->up_off += (size_t)w;
+        }
+        if (r->up_off == r->up_len) {
+            r->up_off = r->up_len = 0;
+            if (r->up_last) { /* all of it went up: now the answer */
+                r->uploading = false;
+                pool_put(r->env->read_buffers, r->up_buf);
+                r->up_buf = NULL;
+                first_byte_wait(r);
+                break;
+            }
+        }
+        size_t queued = r->up_len - r->up_off;
+        if (!r->up_wanted || queued > RELAY_READ_BUFFER / 2)
+            break;
+        r->up_wanted = false;
+        r->sink->upload_more(r->client);
+        if (r->state == RELAY_FINISHED || r->up_len - r->up_off == queued)
+            break; /* ended, or nothing new came */
+    }
+    r->pumping = false;
+    if (r->state == RELAY_FINISHED)
+        return;
+    if (r->uploading) {
+        if (r->up_off < r->up_len) /* the upstream's pace, not the client's, is timed here */
+            loop_timer_arm(r->env->loop, &r->phase_timer, r->env->cfg->idle_timeout_ms, on_phase_timeout, r);
+        else
+            loop_timer_stop(r->env->loop, &r->phase_timer);
+    }
+    want_io(r);
 }
 
 static void send_request(relay *r)
@@ -866,7 +959,11 @@ static void send_request(relay *r)
     }
     if (r->out_index == r->out_count) {
         r->state = RELAY_AWAIT_HEAD;
-        loop_timer_arm(r->env->loop, &r->phase_timer, r->env->cfg->first_byte_timeout_ms, on_phase_timeout, r);
+        if (r->uploading) {
+            pump_upload(r);
+            return;
+        }
+        first_byte_wait(r);
     }
     want_io(r);
 }
@@ -963,6 +1060,10 @@ static void on_upstream_io(void *ctx, uint32_t events)
         (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))) {
         if (r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER || (events & (EPOLLERR | EPOLLHUP)))
             read_answer(r);
+        if (r->uploading && r->state == RELAY_AWAIT_HEAD && (events & EPOLLOUT))
+            pump_upload(r);
+    } else if (r->uploading && r->state == RELAY_AWAIT_HEAD && (events & EPOLLOUT)) {
+        pump_upload(r);
     } else if (r->state == RELAY_SENDING && (events & EPOLLIN)) {
         /* TLS may need to read handshake records before it can write. */
         send_request(r);
@@ -1071,7 +1172,9 @@ relay *relay_start(const relay_env *env, arena *a, relay_request *req, const rel
     rec->ttfb_ms = -1;
 
     const http_request *h = req->http;
-    if (h->method == HTTP_POST && (req->body_len > 0 || slice_eq(h->path, SLICE_LIT("/v1/chat/completions")))) {
+    r->uploading = req->upload;
+    if (!req->upload && h->method == HTTP_POST &&
+        (req->body_len > 0 || slice_eq(h->path, SLICE_LIT("/v1/chat/completions")))) {
         const char *why = NULL;
         if (json_inspect_request(req->body, req->body_len, a, &r->info, &why) != 0) {
             rec->status = 400;
@@ -1107,6 +1210,7 @@ void relay_abort(relay *r)
     if (!r->req->record->status || !r->head_sent)
         r->req->record->status = 499;
     stop_timers(r);
+    r->uploading = false;
     release_upstream(r, false);
     settle(r);
 }
@@ -1119,4 +1223,64 @@ void relay_resume(relay *r)
     /* Bytes may already wait in the TLS engine, where epoll cannot see them. */
     if (r->up && upstream_is_tls(r->up))
         read_answer(r);
+}
+
+static size_t upload_take(relay *r, const char *data, size_t len, bool last)
+{
+    if (r->state == RELAY_FINISHED || !r->uploading)
+        return len; /* answered (or failed) first: nothing more goes up */
+    if (!r->up_buf) {
+        r->up_buf = pool_get(r->env->read_buffers);
+        if (!r->up_buf) {
+            fail(r, 502, "out of memory", "internal_error");
+            return len;
+        }
+    }
+    if (r->up_off && r->up_started) { /* room at the front; before the first write the buffer must stay whole */
+        memmove(r->up_buf, r->up_buf + r->up_off, r->up_len - r->up_off);
+        r->up_len -= r->up_off;
+        r->up_off = 0;
+    }
+    bool chunked = r->req->http->body_kind == HTTP_BODY_CHUNKED;
+    size_t room = RELAY_READ_BUFFER - r->up_len;
+    size_t framing = chunked ? 18 + 2 + 5 : 0; /* size line, CRLF, and the last chunk */
+    size_t take = room > framing ? room - framing : 0;
+    if (take > len)
+        take = len;
+    if (take == 0 && !(len == 0 && room >= framing)) {
+        r->up_wanted = true;
+        return 0;
+    }
+    if (take && chunked) {
+        char size_line[18];
+        size_t n = http_chunk_header(size_line, take);
+        memcpy(r->up_buf + r->up_len, size_line, n);
+        r->up_len += n;
+    }
+    if (take)
+        memcpy(r->up_buf + r->up_len, data, take);
+    r->up_len += take;
+    if (take && chunked) {
+        memcpy(r->up_buf + r->up_len, "\r\n", 2);
+        r->up_len += 2;
+    }
+    if (last && take == len) {
+        if (chunked) {
+            memcpy(r->up_buf + r->up_len, "0\r\n\r\n", 5);
+            r->up_len += 5;
+        }
+        r->up_last = true;
+    } else if (take < len) {
+        r->up_wanted = true;
+    }
+    if (r->state == RELAY_AWAIT_HEAD && r->up && !r->pumping)
+        pump_upload(r);
+    return take;
+}
+
+bool relay_upload(relay *r, const char *data, size_t len, bool last, size_t *taken)
+{
+    size_t n = upload_take(r, data, len, last);
+    *taken = n;
+    return n == len && (!last || r->up_last || !r->uploading || r->state == RELAY_FINISHED);
 }

@@ -30,6 +30,8 @@ typedef struct relay_sink {
                   const char *extra);
     /* The answer is complete; `reusable` when the client connection may go on. */
     void (*finished)(void *client, bool reusable);
+    /* A streamed upload has room again: offer more with relay_upload. */
+    void (*upload_more)(void *client);
 } relay_sink;
 
 typedef struct relay_env {
@@ -52,6 +54,7 @@ typedef struct relay_request {
     const auth_identity *caller;   /* who asked: limits, and a credential to scrub */
     access_record *record; /* the relay fills status, model, upstream, timings, counts, error */
     bool holds_stream;     /* out: a stream slot of the caller's limit was taken */
+    bool upload;           /* the body is not here: it streams in through relay_upload */
 } relay_request;
 
 typedef struct relay relay;
@@ -63,5 +66,13 @@ relay *relay_start(const relay_env *env, arena *a, relay_request *req, const rel
 void relay_abort(relay *r);
 /* The client's queue drained below the high-water mark. */
 void relay_resume(relay *r);
+
+/* A body that is not JSON goes up as it arrives (§4): takes what fits of
+ * data (framed upstream as the client framed it) and says how much in
+ * *taken; the rest is offered again after sink->upload_more. `last`: data
+ * ends the body. True when all of it, the end included, was taken (or is
+ * no longer wanted: the answer came first). Once a body byte went up the
+ * request is not retried. */
+bool relay_upload(relay *r, const char *data, size_t len, bool last, size_t *taken);
 
 #endif

@@ -94,6 +94,14 @@ struct client {
     char traceparent[TRACEPARENT_LEN + 1];
     auth_identity caller;
     bool has_caller;
+
+    /* a body that is not JSON, streamed up as it arrives (§4) */
+    bool uploading;       /* this request's body goes up through relay_upload */
+    bool up_complete;     /* the whole body was read (up_pending may still wait) */
+    bool up_done;         /* ... and handed to the relay */
+    size_t up_pending;    /* decoded body bytes at in + in_used the relay has not taken */
+    uint64_t up_remaining;/* Content-Length still to read */
+    uint64_t up_total;
     uint64_t started_ms;
     size_t in_used; /* bytes at the start of `in` that belong to this request */
     bool request_done, reusable, dead, closing_after_write, in_request;
@@ -361,6 +369,9 @@ static void begin_request(client *c)
     c->record.ttfb_ms = -1;
     c->req_id[0] = '\0';
     c->relay_req.holds_stream = false;
+    c->uploading = c->up_complete = c->up_done = false;
+    c->up_pending = 0;
+    c->up_total = 0;
 }
 
 /* Forgets the finished request; keeps pipelined bytes that follow it. */
@@ -411,7 +422,8 @@ static void after_request(void *ctx)
 static void request_finished(client *c, bool reusable)
 {
     c->request_done = true;
-    c->reusable = reusable && c->req.keep_alive;
+    /* an upload answered before its body was all read leaves bytes we cannot parse */
+    c->reusable = reusable && c->req.keep_alive && (!c->uploading || c->up_done);
     loop_defer(c->srv->loop, &c->deferred, after_request, c);
 }
 
@@ -431,7 +443,16 @@ static void sink_error(void *ctx, int status, const char *message, const char *t
 
 static void sink_finished(void *ctx, bool reusable) { request_finished(ctx, reusable); }
 
-static const relay_sink sink = {sink_send, sink_pending, sink_error, sink_finished};
+static void feed_upload(client *c);
+
+static void sink_upload_more(void *ctx)
+{
+    client *c = ctx;
+    feed_upload(c);
+    update_interest(c);
+}
+
+static const relay_sink sink = {sink_send, sink_pending, sink_error, sink_finished, sink_upload_more};
 
 /* ---- routing ---- */
 
@@ -459,7 +480,8 @@ static void start_relay(client *c)
                                    .req_id = slice_of(c->req_id),
                                    .traceparent = slice_of(c->traceparent),
                                    .caller = c->has_caller ? &c->caller : NULL,
-                                   .record = &c->record};
+                                   .record = &c->record,
+                                   .upload = c->uploading};
     c->record.bytes_in = c->req.head_len + c->body_len;
     s->active_requests++;
     c->relay = relay_start(&s->env, &c->arena, &c->relay_req, &sink, c);
@@ -670,6 +692,149 @@ static void on_client_timer(void *ctx);
 
 static void arm_timer(client *c, uint64_t ms) { loop_timer_arm(c->srv->loop, &c->timer, ms, on_client_timer, c); }
 
+/* ---- streamed uploads (§4) ---- */
+
+/* JSON bodies are read whole and inspected; anything else streams up. */
+static bool body_is_json(const http_request *req)
+{
+    const http_header *h = http_find_header(req->headers, req->header_count, SLICE_LIT("content-type"));
+    return !h || (h->value.len >= 16 && slice_eq_nocase((slice){h->value.ptr, 16}, SLICE_LIT("application/json")));
+}
+
+/* The body's bytes, pending and raw, move down to follow the head, so the
+ * input buffer has room again (the head's slices stay valid). */
+static void compact_upload(client *c)
+{
+    size_t head = c->req.head_len;
+    if (c->in_used <= head)
+        return;
+    memmove(c->in + head, c->in + c->in_used, c->in_len - c->in_used);
+    c->in_len -= c->in_used - head;
+    c->in_used = head;
+}
+
+static void upload_failed(client *c, int status, const char *message, const char *code)
+{
+    server *s = c->srv;
+    if (c->record.status && c->record.status != 499) { /* the answer is under way: only closing says it */
+        client_close(c);
+        return;
+    }
+    if (c->relay) {
+        relay_abort(c->relay);
+        s->active_requests--;
+        c->relay = NULL;
+    }
+    c->record.error = NULL;
+    fail_and_close(c, status, message, code);
+}
+
+/* Hands the client's body to the relay as far as it takes it: decoded
+ * chunks or Content-Length bytes, checked against --max-upload. */
+static void feed_upload(client *c)
+{
+    const config *cfg = c->srv->cfg;
+    while (c->relay && !c->up_done && c->fd >= 0) {
+        if (c->up_pending || c->up_complete) {
+            size_t taken = 0;
+            bool all = relay_upload(c->relay, c->in + c->in_used, c->up_pending, c->up_complete, &taken);
+            c->in_used += taken;
+            c->up_pending -= taken;
+            if (!all)
+                break; /* the relay asks again when it has room */
+            if (c->up_complete) {
+                c->up_done = true;
+                break;
+            }
+        }
+        size_t avail = c->in_len - c->in_used;
+        if (avail == 0)
+            break;
+        if (c->req.body_kind == HTTP_BODY_LENGTH) {
+            size_t take = avail < c->up_remaining ? avail : (size_t)c->up_remaining;
+            c->up_pending = take;
+            c->up_remaining -= take;
+            c->up_complete = c->up_remaining == 0;
+        } else {
+            size_t used = 0, produced = 0;
+            char *at = c->in + c->in_used;
+            http_chunked_result r = http_chunked_decode(&c->chunked, at, at, avail, &used, &produced);
+            if (r == CHUNKED_ERROR) {
+                upload_failed(c, 400, "malformed chunked request body", "bad_chunked_body");
+                return;
+            }
+            /* decoded bytes now lie at `at`; the raw rest follows them */
+            memmove(at + produced, at + used, avail - used);
+            c->in_len -= used - produced;
+            c->up_pending = produced;
+            c->up_complete = r == CHUNKED_DONE;
+            if (r == CHUNKED_MORE && used == 0)
+                break; /* a chunk line not yet whole */
+        }
+        c->up_total += c->up_pending;
+        if (c->up_total > cfg->max_upload) {
+            upload_failed(c, 413, "request body exceeds the maximum upload size", "body_too_large");
+            return;
+        }
+    }
+    if (c->fd >= 0)
+        compact_upload(c);
+}
+
+static ssize_t read_some(client *c, char *dst, size_t room);
+
+static void read_upload(client *c)
+{
+    compact_upload(c);
+    if (c->in_len == IN_BUFFER) {
+        update_interest(c); /* full: the relay's upload_more brings us back */
+        return;
+    }
+    ssize_t n = read_some(c, c->in + c->in_len, IN_BUFFER - c->in_len);
+    if (n <= 0)
+        return;
+    c->in_len += (size_t)n;
+    c->record.bytes_in += (uint64_t)n;
+    feed_upload(c);
+    update_interest(c);
+}
+
+/* A body that is not JSON: checked, then relayed while it arrives. */
+static void start_upload(client *c)
+{
+    const config *cfg = c->srv->cfg;
+    loop_timer_stop(c->srv->loop, &c->timer);
+    if (c->req.body_kind == HTTP_BODY_LENGTH && c->req.content_length > cfg->max_upload) {
+        fail_and_close(c, 413, "request body exceeds the maximum upload size", "body_too_large");
+        return;
+    }
+    bool keep_alive = c->req.keep_alive;
+    c->req.keep_alive = false; /* a refusal leaves the body unread: the connection closes after it */
+    c->record.bytes_in = c->req.head_len;
+    if (c->req.method == HTTP_OTHER) {
+        route(c);
+        return;
+    }
+    if (!authenticate(c))
+        return;
+    c->req.keep_alive = keep_alive;
+    c->uploading = true;
+    c->up_remaining = c->req.content_length;
+    c->chunked = (http_chunked){0};
+    start_relay(c);
+    c->record.bytes_in = c->req.head_len + (c->in_len - c->in_used);
+    if (!c->relay)
+        return;
+    arm_timer(c, cfg->request_timeout_ms);
+    if (c->req.expect_continue && c->in_len == c->in_used) {
+        struct iovec cont = {(void *)"HTTP/1.1 100 Continue\r\n\r\n", 25};
+        if (client_send(c, &cont, 1) != 0)
+            return;
+    }
+    feed_upload(c);
+    update_interest(c);
+}
+
 /* Parses and dispatches whatever complete requests the buffer holds. */
 static void process_input(client *c)
 {
@@ -695,6 +860,12 @@ static void process_input(client *c)
         }
         make_request_id(c);
         c->in_used = c->req.head_len;
+        bool has_body = c->req.body_kind == HTTP_BODY_CHUNKED ||
+                        (c->req.body_kind == HTTP_BODY_LENGTH && c->req.content_length > 0);
+        if (has_body && is_v1(c->req.path) && !body_is_json(&c->req)) {
+            start_upload(c);
+            return;
+        }
         if (c->req.body_kind == HTTP_BODY_LENGTH && c->req.content_length > cfg->max_body) {
             fail_and_close(c, 413, "request body exceeds the maximum size", "body_too_large");
             return;
@@ -957,6 +1128,8 @@ static void on_client_io(void *ctx, uint32_t events)
         return;
     if (c->state == CLIENT_READING_HEAD || c->state == CLIENT_READING_BODY)
         read_input(c);
+    else if (c->state == CLIENT_RELAYING && c->uploading && !c->up_done)
+        read_upload(c);
     else if (c->state == CLIENT_RELAYING)
         stash_input(c);
 }

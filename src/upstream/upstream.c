@@ -292,6 +292,10 @@ static void on_conn_io(void *ctx, uint32_t events)
 static void deliver_pooled(void *ctx)
 {
     upstream_conn *c = ctx;
+    if (c->fd < 0) { /* released before its delivery: conn_close's own deferral found this one queued */
+        free(c);
+        return;
+    }
     c->ev->ready(c->ctx);
 }
 

@@ -170,6 +170,24 @@ await test('the gateway\'s 429 is RateLimitError, and the SDK retries after Retr
   assert(waited >= 500, `succeeded after ${waited} ms: it cannot have waited for Retry-After`);
 });
 
+await test('files.create streams a multipart upload through', async () => {
+  const data = Buffer.alloc(3 * 1024 * 1024, 'ssegate-upload-');
+  const file = await client.files.create({ file: await OpenAI.toFile(data, 'data.jsonl'), purpose: 'assistants' });
+  assert(file.object === 'file', `object ${show(file.object)}`);
+  // the mock reports what reached it: the whole multipart body, the file plus its form framing
+  assert(file.bytes > data.length && file.bytes < data.length + 2048, `file ${show(file)}`);
+  assert(/^[0-9a-f]{64}$/.test(file.sha256), `sha256 ${show(file.sha256)}`);
+  assert(file.content_type.startsWith('multipart/form-data'), `content type ${show(file.content_type)}`);
+});
+
+await test('audio.transcriptions.create uploads the audio', async () => {
+  const audio = Buffer.from(Array.from({ length: 50000 }, (_, i) => i % 251));
+  const t = await client.audio.transcriptions.create({
+    file: await OpenAI.toFile(audio, 'speech.wav'), model: 'whisper-1',
+  });
+  assert(t.text === 'mock transcript', `transcript ${show(t)}`);
+});
+
 await test('mid-stream upstream close surfaces as an error', async () => {
   const stream = await client.chat.completions.create(
     { model: 'gpt-4o-mini', messages, stream: true },
