@@ -1,4 +1,4 @@
-/* ssegate: wires configuration, the upstream, the server and the reactor. */
+/* ssegate: wires configuration, the upstreams, the server and the reactor. */
 #include <arpa/inet.h>
 #include <signal.h>
 #include <stdio.h>
@@ -6,13 +6,12 @@
 
 #include "core/arena.h"
 #include "core/config.h"
-#include "demo/fakeai.h"
-#include "gateway/auth.h"
-#include "gateway/metrics.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "demo/fakeai.h"
+#include "gateway/generation.h"
+#include "gateway/metrics.h"
 #include "http/server.h"
-#include "upstream/upstream.h"
 
 #define SSEGATE_VERSION "0.3.0"
 
@@ -24,7 +23,28 @@ static const char demo_reply[] =
 typedef struct app {
     loop *loop;
     server *server;
+    const config *cfg;
+    metrics *metrics;
+    const char *upstream_url, *upstream_name; /* without --config: the one upstream */
 } app;
+
+/* SIGHUP (§3): a new generation from the files, or the old one stays. */
+static void reload(app *a)
+{
+    char why[512];
+    generation *next = generation_load(a->cfg, a->loop, a->metrics, a->upstream_url, a->upstream_name, why, sizeof why);
+    if (!next) {
+        metrics_config_reload(a->metrics, false);
+        log_message("error", "reload failed; the running configuration stays", (log_field[]){{"error", why}}, 1);
+        return;
+    }
+    generation_inherit(next, server_generation(a->server));
+    server_set_generation(a->server, next);
+    metrics_config_reload(a->metrics, true);
+    char upstreams[24];
+    snprintf(upstreams, sizeof upstreams, "%zu", next->routes->upstream_count);
+    log_message("info", "configuration reloaded", (log_field[]){{"upstreams", upstreams}}, 1);
+}
 
 static void on_signal(void *ctx, int signo)
 {
@@ -32,6 +52,8 @@ static void on_signal(void *ctx, int signo)
     if (signo == SIGTERM || signo == SIGINT) {
         log_message("info", "draining", (log_field[]){{"signal", signo == SIGTERM ? "SIGTERM" : "SIGINT"}}, 1);
         server_drain(a->server);
+    } else if (signo == SIGHUP) {
+        reload(a);
     }
 }
 
@@ -51,36 +73,18 @@ int main(int argc, char **argv)
     log_set_format(cfg.log_format);
     signal(SIGPIPE, SIG_IGN);
 
-    metrics *m = metrics_new(cfg.metrics_max_clients, 16, SSEGATE_VERSION);
-    char why_auth[512];
-    auth *clients = m ? auth_new(&cfg, m, why_auth, sizeof why_auth) : NULL;
-    if (!clients) {
-        fprintf(stderr, "ssegate: %s\n", m ? why_auth : "out of memory");
-        metrics_free(m);
-        config_free(&cfg);
-        return 2;
-    }
-    if (!auth_required(clients) && !listen_is_loopback(cfg.listen) && !cfg.allow_anonymous) {
-        fprintf(stderr, "ssegate: refusing to listen on %s without client keys; "
-                        "give --keys-file or a JWT key, or --allow-anonymous to accept anyone\n",
-                cfg.listen);
-        auth_free(clients);
-        metrics_free(m);
-        config_free(&cfg);
-        return 2;
-    }
-
-    app a = {0};
+    app a = {.cfg = &cfg};
     a.loop = loop_new();
-    if (!a.loop) {
-        fprintf(stderr, "ssegate: cannot create the event loop\n");
+    a.metrics = metrics_new(cfg.metrics_max_clients, 64, SSEGATE_VERSION);
+    if (!a.loop || !a.metrics) {
+        fprintf(stderr, "ssegate: out of memory\n");
         return 1;
     }
     const char *why = NULL;
     fakeai *demo = NULL;
     char demo_url[96];
-    const char *upstream_url = cfg.upstream;
-    if (cfg.demo) {
+    a.upstream_url = cfg.upstream;
+    if (cfg.demo && !cfg.config_file) {
         fakeai_config fc = {.chunks = 0, .delay_ms = 20, .reply_text = demo_reply, .model = "demo"};
         demo = fakeai_start(a.loop, "127.0.0.1:0", &fc, &why);
         if (!demo) {
@@ -88,32 +92,37 @@ int main(int argc, char **argv)
             return 1;
         }
         snprintf(demo_url, sizeof demo_url, "http://%s/v1", fakeai_address(demo));
-        upstream_url = demo_url;
+        a.upstream_url = demo_url;
     }
+    /* logs and metrics name the demo, not its loopback address; else host:port */
+    url parsed;
+    char name[URL_HOST_MAX + 16] = "demo";
+    if (!(cfg.demo && !cfg.config_file) && !cfg.config_file && url_parse(a.upstream_url, &parsed, &why) == 0)
+        snprintf(name, sizeof name, "%s:%u", parsed.host, parsed.port);
+    a.upstream_name = name;
 
-    upstream_target target;
-    if (upstream_target_init(&target, upstream_url, cfg.demo ? NULL : cfg.upstream_key, cfg.ca_file, &why) != 0) {
-        fprintf(stderr, "ssegate: upstream %s: %s\n", upstream_url, why);
-        upstream_target_free(&target, a.loop);
-        fakeai_stop(demo);
-        loop_free(a.loop);
-        auth_free(clients);
-        metrics_free(m);
-        config_free(&cfg);
-        return 2;
+    char why_load[512];
+    generation *gen = generation_load(&cfg, a.loop, a.metrics, a.upstream_url, a.upstream_name, why_load,
+                                      sizeof why_load);
+    int exit_code = 2;
+    if (!gen) {
+        fprintf(stderr, "ssegate: %s\n", why_load);
+        goto out;
     }
-    if (cfg.demo) /* logs name the demo, not its loopback address */
-        snprintf(target.name, sizeof target.name, "demo");
-    a.server = server_new(a.loop, &cfg, &target, clients, m, &why);
+    if (!auth_required(gen->auth) && !listen_is_loopback(cfg.listen) && !cfg.allow_anonymous) {
+        fprintf(stderr, "ssegate: refusing to listen on %s without client keys; "
+                        "give --keys-file or a JWT key, or --allow-anonymous to accept anyone\n",
+                cfg.listen);
+        generation_release(gen);
+        goto out;
+    }
+    bool auth_on = auth_required(gen->auth);
+    size_t keys = auth_key_count(gen->auth), upstreams = gen->routes->upstream_count;
+    a.server = server_new(a.loop, &cfg, gen, a.metrics, &why);
     if (!a.server) {
         fprintf(stderr, "ssegate: %s\n", why);
-        upstream_target_free(&target, a.loop);
-        fakeai_stop(demo);
-        loop_free(a.loop);
-        auth_free(clients);
-        metrics_free(m);
-        config_free(&cfg);
-        return 2;
+        generation_release(gen);
+        goto out;
     }
     static const int signals[] = {SIGTERM, SIGINT, SIGHUP};
     loop_signals(a.loop, signals, sizeof signals / sizeof signals[0], on_signal, &a);
@@ -123,17 +132,21 @@ int main(int argc, char **argv)
              "curl -N http://%s/v1/chat/completions -d '{\"model\":\"demo\",\"stream\":true,\"messages\":[{\"role\":"
              "\"user\",\"content\":\"hi\"}]}'",
              server_address(a.server));
-    if (cfg.demo) {
+    if (demo) {
         log_field f[] = {{"listen", server_address(a.server)}, {"upstream", "demo"}, {"try", try_it}};
         log_message("info", "ssegate serving the built-in demo upstream (no API key given)", f, 3);
     } else {
-        log_field f[] = {{"listen", server_address(a.server)}, {"upstream", upstream_url}};
-        log_message("info", "ssegate listening", f, 2);
+        char count[24];
+        snprintf(count, sizeof count, "%zu", upstreams);
+        log_field f[] = {{"listen", server_address(a.server)},
+                         {"upstream", cfg.config_file ? cfg.config_file : a.upstream_url},
+                         {"upstreams", count}};
+        log_message("info", "ssegate listening", f, 3);
     }
-    if (auth_required(clients)) {
-        char keys[24];
-        snprintf(keys, sizeof keys, "%zu", auth_key_count(clients));
-        log_field f[] = {{"keys", keys}, {"jwt", cfg.jwt_secret_file || cfg.jwt_keys_file ? "on" : "off"}};
+    if (auth_on) {
+        char count[24];
+        snprintf(count, sizeof count, "%zu", keys);
+        log_field f[] = {{"keys", count}, {"jwt", cfg.jwt_secret_file || cfg.jwt_keys_file ? "on" : "off"}};
         log_message("info", "client auth on", f, 2);
     }
     server_set_ready(a.server, true);
@@ -141,14 +154,13 @@ int main(int argc, char **argv)
     rc = loop_run(a.loop);
     log_attach(NULL); /* from here on, lines go out as they are written */
     log_message("info", "stopped", NULL, 0);
-
+    exit_code = rc == 0 ? 0 : 1;
     server_free(a.server);
-    upstream_target_free(&target, a.loop);
+out:
     fakeai_stop(demo);
     loop_free(a.loop);
-    auth_free(clients);
-    metrics_free(m);
+    metrics_free(a.metrics);
     config_free(&cfg);
     arena_release_cached();
-    return rc == 0 ? 0 : 1;
+    return exit_code;
 }

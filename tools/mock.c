@@ -16,6 +16,7 @@ static void usage(FILE *to)
 {
     fputs("usage: mock-upstream --listen HOST:PORT [--tls-cert chain.pem --tls-key key.pem]\n"
           "                     [--chunks N (default 8)] [--delay-ms D (default 0)] [--expect-key K]\n"
+          "                     [--fail STATUS (every /v1 request gets it: a failing upstream)]\n"
           "Serves OpenAI's wire format; per request, X-Mock-Chunks, X-Mock-Delay-Ms,\n"
           "X-Mock-Fault and X-Mock-Usage override; GET /_mock/stats and /_mock/last\n"
           "report what it saw.\n",
@@ -44,7 +45,7 @@ static void on_signal(void *ctx, int signo)
 int main(int argc, char **argv)
 {
     const char *listen_addr = "127.0.0.1:0", *cert = NULL, *key = NULL, *expect_key = NULL;
-    unsigned long long chunks = 8, delay_ms = 0;
+    unsigned long long chunks = 8, delay_ms = 0, fail = 0;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
@@ -68,6 +69,11 @@ int main(int argc, char **argv)
         else if (!strcmp(arg, "--chunks")) {
             if (!parse_count(val, 1000000, &chunks)) {
                 fprintf(stderr, "mock-upstream: --chunks must be 0..1000000\n");
+                return 2;
+            }
+        } else if (!strcmp(arg, "--fail")) {
+            if (!parse_count(val, 599, &fail) || fail < 400) {
+                fprintf(stderr, "mock-upstream: --fail must be a status from 400 to 599\n");
                 return 2;
             }
         } else if (!strcmp(arg, "--delay-ms")) {
@@ -111,6 +117,7 @@ int main(int argc, char **argv)
         .expect_key = expect_key,
         .tls = cred,
         .faults = true,
+        .fail_status = (int)fail,
     };
     const char *why = NULL;
     fakeai *f = fakeai_start(l, listen_addr, &cfg, &why);

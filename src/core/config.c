@@ -23,6 +23,7 @@ static const option options[] = {
     {"--upstream-project", "OPENAI_PROJECT_ID", NULL, "OpenAI-Project sent upstream (the client's is dropped)", OPT_STRING, AT(upstream_project)},
     {"--ca-file", "SSEGATE_CA_FILE", "/etc/ssl/certs/ca-certificates.crt", "PEM bundle that upstream certificates are verified against", OPT_STRING, AT(ca_file)},
     {"--keys-file", "SSEGATE_KEYS_FILE", NULL, "client keys, 'KEY [name] [rpm] [tpm] [streams]' per line (none: no client auth, loopback only)", OPT_STRING, AT(keys_file)},
+    {"--config", "SSEGATE_CONFIG", NULL, "JSON file of upstreams, routes, aliases and clients (reloaded on SIGHUP)", OPT_STRING, AT(config_file)},
     {"--jwt-secret-file", "SSEGATE_JWT_SECRET_FILE", NULL, "HS256/384/512 secret for client JWTs", OPT_STRING, AT(jwt_secret_file)},
     {"--jwt-keys-file", "SSEGATE_JWT_KEYS_FILE", NULL, "PEM public keys or a JWKS file for RS256/384/512, ES256/384 client JWTs", OPT_STRING, AT(jwt_keys_file)},
     {"--jwt-issuer", "SSEGATE_JWT_ISSUER", NULL, "required JWT iss (default: not checked)", OPT_STRING, AT(jwt_issuer)},

@@ -15,6 +15,7 @@ typedef struct config {
     char *upstream_key;   /* owned; NULL when none */
     const char *ca_file;
     const char *keys_file;
+    const char *config_file; /* --config: upstreams, routes, aliases, clients */
     bool allow_anonymous;
     uint64_t connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, request_timeout_ms;
     uint64_t header_timeout_ms, keepalive_timeout_ms, drain_timeout_ms;

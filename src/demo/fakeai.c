@@ -139,6 +139,12 @@ struct fakeai {
     size_t chunks;
     uint64_t delay_ms;
     bool faults;
+    int fail_status;
+    /* X-Mock-Fault-Times: how often each X-Mock-Id has failed so far */
+    struct {
+        uint64_t id_hash, count;
+    } fault_ids[64];
+    size_t fault_id_next;
     slice *words;
     size_t word_count;
 
@@ -939,6 +945,30 @@ static bool authorized(const fakeai *f, const http_request *req)
     return slice_eq(key, slice_of(f->expect_key));
 }
 
+/* X-Mock-Fault-Times: K with X-Mock-Id: ID plays the fault for the first K
+ * requests carrying that id only, so a retry of the same request succeeds. */
+static bool fault_still_due(conn *c)
+{
+    const http_request *req = &c->req;
+    const http_header *times = http_find_header(req->headers, req->header_count, SLICE_LIT("x-mock-fault-times"));
+    const http_header *id = http_find_header(req->headers, req->header_count, SLICE_LIT("x-mock-id"));
+    uint64_t k;
+    if (!times || !id || !slice_to_u64(times->value, 1000000, &k))
+        return true;
+    fakeai *f = c->f;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < id->value.len; i++)
+        h = (h ^ (unsigned char)id->value.ptr[i]) * 1099511628211ull;
+    size_t n = sizeof f->fault_ids / sizeof f->fault_ids[0];
+    for (size_t i = 0; i < n; i++)
+        if (f->fault_ids[i].id_hash == h && f->fault_ids[i].count)
+            return f->fault_ids[i].count++ < k;
+    size_t slot = f->fault_id_next++ % n; /* the oldest id makes room */
+    f->fault_ids[slot].id_hash = h;
+    f->fault_ids[slot].count = 1;
+    return k > 0;
+}
+
 /* Reads X-Mock-Chunks / X-Mock-Delay-Ms / X-Mock-Fault / X-Mock-Usage;
  * false (and an answer queued) when one is malformed. */
 static bool read_overrides(conn *c)
@@ -1223,6 +1253,12 @@ static void dispatch(conn *c, slice body)
     }
     if (f->faults && !read_overrides(c))
         return;
+    if (f->fail_status) {
+        answer_status_fault(c, f->fail_status);
+        return;
+    }
+    if (c->fault.kind != FAKEAI_FAULT_NONE && !fault_still_due(c))
+        c->fault.kind = FAKEAI_FAULT_NONE;
     switch (c->fault.kind) {
     case FAKEAI_FAULT_STATUS: {
         fakeai_fault status = c->fault;
@@ -1680,6 +1716,7 @@ fakeai *fakeai_start(loop *l, const char *listen_addr, const fakeai_config *cfg,
     f->chunks = cfg->chunks > MAX_CHUNKS ? MAX_CHUNKS : cfg->chunks;
     f->delay_ms = cfg->delay_ms > MAX_DELAY_MS ? MAX_DELAY_MS : cfg->delay_ms;
     f->faults = cfg->faults;
+    f->fail_status = cfg->fail_status;
     f->rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15u;
     const char *model = cfg->model && cfg->model[0] && strlen(cfg->model) < MODEL_MAX ? cfg->model : "gpt-4o-mini";
     f->model = dup_or_null(model);

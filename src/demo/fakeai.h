@@ -28,6 +28,7 @@ typedef struct fakeai_config {
     /* Honour X-Mock-* request headers, serve /_mock/stats and /_mock/last,
      * /v1/responses and TRACE, and give every /v1 answer an x-request-id. */
     bool faults;
+    int fail_status; /* 0, or every /v1 request is answered with this status (a failing upstream) */
 } fakeai_config;
 
 /* Listens on listen_addr ("HOST:PORT", port 0 for an ephemeral one) and

@@ -36,7 +36,8 @@ struct auth {
     size_t subject_count;
 };
 
-auth *auth_new(const config *cfg, metrics *m, char *why, size_t why_cap)
+auth *auth_new(const config *cfg, metrics *m, const client_key *extra, size_t extra_count, char *why,
+               size_t why_cap)
 {
     auth *a = calloc(1, sizeof *a);
     if (!a) {
@@ -50,6 +51,13 @@ auth *auth_new(const config *cfg, metrics *m, char *why, size_t why_cap)
         a->keys = keyring_load(cfg->keys_file, why, why_cap);
         if (!a->keys)
             goto fail;
+    }
+    if (extra_count) {
+        a->keys = keyring_merge(a->keys, extra, extra_count, why, why_cap);
+        if (!a->keys)
+            goto fail;
+    }
+    if (a->keys) {
         for (size_t i = 0; i < keyring_count(a->keys); i++) {
             client_key *ck = keyring_at(a->keys, i);
             ck->metrics_id = metrics_client(m, slice_of(ck->name));
@@ -94,6 +102,20 @@ void auth_free(auth *a)
 }
 
 bool auth_required(const auth *a) { return a->keys || a->jwt; }
+
+void auth_inherit(auth *to, const auth *from)
+{
+    if (!to->keys || !from->keys)
+        return;
+    for (size_t i = 0; i < keyring_count(to->keys); i++) {
+        client_key *ck = keyring_at(to->keys, i);
+        const client_key *old = keyring_find_digest(from->keys, ck->digest);
+        if (old) { /* streams in flight release into the old entry: they are not carried */
+            ck->state.req_tat_us = old->state.req_tat_us;
+            ck->state.tok_tat_us = old->state.tok_tat_us;
+        }
+    }
+}
 
 size_t auth_key_count(const auth *a) { return a->keys ? keyring_count(a->keys) : 0; }
 

@@ -10,6 +10,7 @@
 
 #include "core/config.h"
 #include "core/slice.h"
+#include "gateway/keys.h"
 #include "gateway/limits.h"
 #include "gateway/metrics.h"
 #include "http/http.h"
@@ -34,9 +35,13 @@ typedef enum auth_status {
     AUTH_BUSY           /* every subject slot is held by requests in flight */
 } auth_status;
 
-/* Loads the keys file and JWT keys named in cfg. NULL with a message in why
- * when one cannot be used. With none configured, auth_required is false. */
-auth *auth_new(const config *cfg, metrics *m, char *why, size_t why_cap);
+/* Loads the keys file and JWT keys named in cfg, plus `extra` clients (from
+ * the config file). NULL with a message in why when one cannot be used.
+ * With none configured, auth_required is false. */
+auth *auth_new(const config *cfg, metrics *m, const client_key *extra, size_t extra_count, char *why,
+               size_t why_cap);
+/* After a reload: each client keeps its limit counters. */
+void auth_inherit(auth *to, const auth *from);
 void auth_free(auth *a);
 bool auth_required(const auth *a);
 size_t auth_key_count(const auth *a);

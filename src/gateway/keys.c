@@ -282,7 +282,7 @@ void keyring_free(keyring *k)
     free(k);
 }
 
-size_t keyring_count(const keyring *k) { return k->count; }
+size_t keyring_count(const keyring *k) { return k ? k->count : 0; }
 
 client_key *keyring_at(keyring *k, size_t i) { return i < k->count ? &k->keys[i] : NULL; }
 
@@ -292,6 +292,44 @@ client_key *keyring_find(keyring *k, slice presented)
         return NULL;
     unsigned char d[KEY_DIGEST_LEN];
     key_digest(presented, d);
+    return keyring_find_digest(k, d);
+}
+
+keyring *keyring_merge(keyring *k, const client_key *extra, size_t n, char *why, size_t why_cap)
+{
+    if (!k) {
+        k = calloc(1, sizeof *k);
+        if (!k) {
+            snprintf(why, why_cap, "out of memory");
+            return NULL;
+        }
+    }
+    free(k->slots);
+    k->slots = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (!add_key(k, &extra[i])) {
+            snprintf(why, why_cap, "out of memory");
+            keyring_free(k);
+            return NULL;
+        }
+    size_t dup = 0;
+    int rc = k->count ? index_keys(k, &dup) : 0;
+    if (rc != 0) {
+        if (rc > 0)
+            snprintf(why, why_cap, "client %s: its key is given twice (keys file and config, or twice in one)",
+                     k->keys[dup].name);
+        else
+            snprintf(why, why_cap, "out of memory");
+        keyring_free(k);
+        return NULL;
+    }
+    return k;
+}
+
+client_key *keyring_find_digest(keyring *k, const unsigned char d[KEY_DIGEST_LEN])
+{
+    if (!k->slots)
+        return NULL;
     for (size_t s = slot_of(d) & k->slot_mask; k->slots[s]; s = (s + 1) & k->slot_mask) {
         client_key *ck = &k->keys[k->slots[s] - 1];
         if (digest_equal(ck->digest, d, KEY_DIGEST_LEN))

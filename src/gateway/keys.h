@@ -35,6 +35,11 @@ size_t keyring_count(const keyring *k);
 client_key *keyring_at(keyring *k, size_t i);
 /* The client whose key this is, or NULL. */
 client_key *keyring_find(keyring *k, slice presented);
+client_key *keyring_find_digest(keyring *k, const unsigned char digest[KEY_DIGEST_LEN]);
+
+/* A keyring of k's clients (k may be NULL) and `extra` ones (the config
+ * file's); k is consumed. NULL with why on a key given twice. */
+keyring *keyring_merge(keyring *k, const client_key *extra, size_t n, char *why, size_t why_cap);
 
 /* SHA-256 of data; also names unnamed clients. */
 void key_digest(slice data, unsigned char out[KEY_DIGEST_LEN]);

@@ -55,6 +55,7 @@ typedef enum family_id {
     F_TOKENS,
     F_UPSTREAM_ERRORS,
     F_RETRIES,
+    F_EJECTIONS,
     F_TLS,
     F_RATE_LIMITED,
     F_AUTH_FAILURES,
@@ -82,6 +83,8 @@ static const family families[F_COUNT] = {
     [F_UPSTREAM_ERRORS] = {LIT("ssegate_upstream_errors_total"), LIT("counter"),
                            LIT("Failed upstream attempts, by upstream and kind of failure.")},
     [F_RETRIES] = {LIT("ssegate_retries_total"), LIT("counter"), LIT("Requests retried, by upstream.")},
+    [F_EJECTIONS] = {LIT("ssegate_upstream_ejections_total"), LIT("counter"),
+                     LIT("Times an upstream was taken out of rotation after consecutive failures.")},
     [F_TLS] = {LIT("ssegate_tls_handshakes_total"), LIT("counter"),
                LIT("Upstream TLS handshakes, full or resumed from a session.")},
     [F_RATE_LIMITED] = {LIT("ssegate_rate_limited_total"), LIT("counter"),
@@ -283,7 +286,7 @@ typedef struct client_counts {
 typedef struct upstream_counts {
     histogram ttfb;
     uint64_t errors[UPERR_COUNT];
-    uint64_t retries;
+    uint64_t retries, ejections;
 } upstream_counts;
 
 struct metrics {
@@ -362,6 +365,8 @@ void metrics_upstream_error(metrics *m, uint32_t upstream, metrics_upstream_erro
 }
 
 void metrics_retry(metrics *m, uint32_t upstream) { upstream_of(m, upstream)->retries++; }
+
+void metrics_upstream_ejection(metrics *m, uint32_t upstream) { upstream_of(m, upstream)->ejections++; }
 
 void metrics_tls_handshake(metrics *m, bool resumed) { m->tls[resumed ? 1 : 0]++; }
 
@@ -568,6 +573,8 @@ static size_t page_bound(size_t clients, size_t upstreams, size_t version_len)
                                                                longest(uperr_names, UPERR_COUNT))));
     n = sat_add(n, sat_mul(upstreams,
                            line_bound(&f[F_RETRIES], NONE, FIRST("upstream"), NAME_ESCAPED_MAX, NONE, 0)));
+    n = sat_add(n, sat_mul(upstreams,
+                           line_bound(&f[F_EJECTIONS], NONE, FIRST("upstream"), NAME_ESCAPED_MAX, NONE, 0)));
     n = sat_add(n, 2 * line_bound(&f[F_TLS], NONE, FIRST("kind"), longest(tls_names, 2), NONE, 0));
     n = sat_add(n, sat_mul(clients, LIMIT_KIND_COUNT * line_bound(&f[F_RATE_LIMITED], NONE, FIRST("client"),
                                                                   NAME_ESCAPED_MAX, NEXT("limit"),
@@ -632,6 +639,11 @@ slice metrics_render(metrics *m)
     for (size_t u = 0; u < m->upstreams.count; u++)
         put_counter(&b, &f[F_RETRIES], FIRST("upstream"), names_get(&m->upstreams, u), NONE, NONE,
                     m->upstream[u].retries);
+
+    put_header(&b, &f[F_EJECTIONS]);
+    for (size_t u = 0; u < m->upstreams.count; u++)
+        put_counter(&b, &f[F_EJECTIONS], FIRST("upstream"), names_get(&m->upstreams, u), NONE, NONE,
+                    m->upstream[u].ejections);
 
     put_header(&b, &f[F_TLS]);
     for (size_t k = 0; k < 2; k++)

@@ -71,6 +71,8 @@ typedef enum metrics_upstream_error_kind {
 
 void metrics_upstream_error(metrics *m, uint32_t upstream, metrics_upstream_error_kind kind);
 void metrics_retry(metrics *m, uint32_t upstream);
+/* Passive health took the upstream out of rotation. */
+void metrics_upstream_ejection(metrics *m, uint32_t upstream);
 void metrics_tls_handshake(metrics *m, bool resumed);
 
 typedef enum metrics_limit_kind { LIMIT_REQUESTS, LIMIT_TOKENS, LIMIT_STREAMS, LIMIT_KIND_COUNT } metrics_limit_kind;

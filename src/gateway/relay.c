@@ -1,11 +1,13 @@
 #include "gateway/relay.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 
 #include "gateway/json.h"
 #include "gateway/scrub.h"
+#include "upstream/retry.h"
 #include "gateway/sse.h"
 #include "core/wbuf.h"
 
@@ -34,8 +36,21 @@ struct relay {
     bool fresh_only; /* skip the pool after a stale pooled connection */
     ssize_t last_read;
 
+    /* where it goes: the route's plan, this attempt's upstream */
+    route_plan plan;
+    gw_upstream *u;
+    bool on_upstream;         /* counted in u->def->active */
+    bool judged;              /* this attempt reported to passive health */
+    uint64_t t_connect, t_first, t_idle; /* this upstream's timeouts */
+    loop_timer backoff;       /* the wait before the next attempt */
+    int last_status;          /* the last failure, answered when the plan runs dry */
+    const char *last_message, *last_code;
+    json_edit model_edit;     /* an alias's model, spliced in place of the client's */
+    gen_waiter waiter;        /* queued for a slot under max_conns */
+    bool waiting;
+
     /* the request as sent upstream */
-    struct iovec out[4];
+    struct iovec out[6];
     size_t out_count, out_index, out_offset;
 
     /* the answer */
@@ -82,15 +97,59 @@ static void retry_or_fail(relay *r, int status, const char *message, const char 
 
 static uint64_t now(const relay *r) { return loop_now_ms(r->env->loop); }
 
+static void stop_waiting(relay *r);
+
 static void stop_timers(relay *r)
 {
     loop *l = r->env->loop;
+    stop_waiting(r);
     loop_timer_stop(l, &r->phase_timer);
     loop_timer_stop(l, &r->deadline);
     loop_timer_stop(l, &r->heartbeat);
+    loop_timer_stop(l, &r->backoff);
 }
 
-static void release_upstream(relay *r, bool reusable)
+/* Passive health: this attempt's verdict on its upstream, once. */
+static void judge_upstream(relay *r, bool ok)
+{
+    if (!r->on_upstream || r->judged)
+        return;
+    r->judged = true;
+    upstream_def *d = r->u->def;
+    uint64_t t = now(r), until = d->health.until_ms;
+    upstream_health_report(d, ok, t);
+    if (d->health.until_ms > until && d->health.until_ms > t)
+        metrics_upstream_ejection(r->env->metrics, r->u->metrics_id);
+}
+
+/* Leaves this attempt's upstream: its slot under max_conns; a half-open
+ * probe that got no verdict (the client left) is given back. */
+static void leave_upstream(relay *r)
+{
+    if (!r->on_upstream)
+        return;
+    upstream_def *d = r->u->def;
+    r->on_upstream = false;
+    if (d->active)
+        d->active--;
+    if (!r->judged)
+        upstream_probe_cancel(d);
+    r->judged = false;
+    if (d->max_conns)
+        generation_wake_one(r->req->gen); /* a slot freed */
+}
+
+static void stop_waiting(relay *r)
+{
+    if (r->waiting) {
+        generation_unwait(r->req->gen, &r->waiter);
+        r->waiting = false;
+    }
+}
+
+/* The connection and buffers, not the upstream: a stale pooled connection
+ * is replaced on the same upstream. */
+static void release_conn(relay *r, bool reusable)
 {
     if (r->up) {
         upstream_release(r->up, reusable);
@@ -104,6 +163,12 @@ static void release_upstream(relay *r, bool reusable)
         pool_put(r->env->read_buffers, r->up_buf);
         r->up_buf = NULL;
     }
+}
+
+static void release_upstream(relay *r, bool reusable)
+{
+    release_conn(r, reusable);
+    leave_upstream(r);
 }
 
 /* Once per request: the completion's size (reported, or counted from the
@@ -121,8 +186,9 @@ static void settle(relay *r)
     }
 }
 
-/* The upstream's share of a failure, for ssegate_upstream_errors_total. */
-static void count_upstream_error(relay *r, const char *code)
+/* The upstream's share of a failure, for ssegate_upstream_errors_total;
+ * false when the failure is not the upstream's. */
+static bool count_upstream_error(relay *r, const char *code)
 {
     static const struct {
         const char *code;
@@ -134,9 +200,11 @@ static void count_upstream_error(relay *r, const char *code)
                  {"upstream_auth_error", UPERR_AUTH},         {"upstream_dns_error", UPERR_DNS}};
     for (size_t i = 0; code && i < sizeof kinds / sizeof kinds[0]; i++)
         if (strcmp(code, kinds[i].code) == 0) {
-            metrics_upstream_error(r->env->metrics, r->env->upstream_id, kinds[i].kind);
-            return;
+            if (r->u)
+                metrics_upstream_error(r->env->metrics, r->u->metrics_id, kinds[i].kind);
+            return true;
         }
+    return false;
 }
 
 static void record_error(relay *r, const char *message)
@@ -193,7 +261,8 @@ static void fail(relay *r, int status, const char *message, const char *code)
 {
     if (r->state == RELAY_FINISHED)
         return;
-    count_upstream_error(r, code);
+    if (count_upstream_error(r, code))
+        judge_upstream(r, false);
     if (!r->head_sent) {
         fail_before_answer(r, status, message, code);
     } else if (r->state == RELAY_STREAM) {
@@ -287,7 +356,8 @@ static bool forwardable(const http_request *h, slice name)
 static int build_request(relay *r)
 {
     const http_request *h = r->req->http;
-    const upstream_target *t = r->env->target;
+    const upstream_target *t = &r->u->target;
+    const upstream_def *d = r->u->def;
     char *mem = arena_alloc(r->arena, REQUEST_HEAD_MAX);
     if (!mem)
         return -1;
@@ -320,24 +390,31 @@ static int build_request(relay *r)
         wbuf_puts(&b, "\r\n");
     }
     const config *cfg = r->env->cfg;
-    if (cfg->upstream_org) {
+    const char *org = d->org ? d->org : cfg->upstream_org, *project = d->project ? d->project : cfg->upstream_project;
+    if (org) {
         wbuf_puts(&b, "OpenAI-Organization: ");
-        wbuf_puts(&b, cfg->upstream_org);
+        wbuf_puts(&b, org);
         wbuf_puts(&b, "\r\n");
     }
-    if (cfg->upstream_project) {
+    if (project) {
         wbuf_puts(&b, "OpenAI-Project: ");
-        wbuf_puts(&b, cfg->upstream_project);
+        wbuf_puts(&b, project);
         wbuf_puts(&b, "\r\n");
     }
     wbuf_puts(&b, "Accept-Encoding: identity\r\ntraceparent: ");
     wbuf_put_slice(&b, r->req->traceparent);
     wbuf_puts(&b, "\r\nX-Request-Id: ");
     wbuf_put_slice(&b, r->req->req_id);
-    const json_edit *e = &r->info.usage_edit;
+    /* the body's edits, in order: an alias's model, the usage switch */
+    const json_edit *edits[2] = {&r->model_edit, &r->info.usage_edit};
+    if (edits[0]->active && edits[1]->active && edits[1]->at < edits[0]->at) {
+        edits[0] = &r->info.usage_edit;
+        edits[1] = &r->model_edit;
+    }
     size_t body_len = r->req->body_len;
-    if (e->active)
-        body_len = body_len - e->remove + e->insert.len;
+    for (size_t i = 0; i < 2; i++)
+        if (edits[i]->active)
+            body_len = body_len - edits[i]->remove + edits[i]->insert.len;
     if (r->req->upload) { /* framed as the client framed it */
         if (h->body_kind == HTTP_BODY_CHUNKED) {
             wbuf_puts(&b, "\r\nTransfer-Encoding: chunked");
@@ -356,15 +433,18 @@ static int build_request(relay *r)
     const char *body = r->req->body;
     r->out[0] = (struct iovec){mem, b.len};
     r->out_count = 1;
-    if (e->active) {
-        r->out[1] = (struct iovec){(void *)body, e->at};
-        r->out[2] = (struct iovec){(void *)e->insert.ptr, e->insert.len};
-        r->out[3] = (struct iovec){(void *)(body + e->at + e->remove), r->req->body_len - e->at - e->remove};
-        r->out_count = 4;
-    } else if (r->req->body_len) {
-        r->out[1] = (struct iovec){(void *)body, r->req->body_len};
-        r->out_count = 2;
+    size_t at = 0;
+    for (size_t i = 0; i < 2; i++) {
+        const json_edit *e = edits[i];
+        if (!e->active)
+            continue;
+        r->out[r->out_count++] = (struct iovec){(void *)(body + at), e->at - at};
+        r->out[r->out_count++] = (struct iovec){(void *)e->insert.ptr, e->insert.len};
+        at = e->at + e->remove;
     }
+    if (r->req->body_len > at)
+        r->out[r->out_count++] = (struct iovec){(void *)(body + at), r->req->body_len - at};
+    r->out_index = r->out_offset = 0;
     return 0;
 }
 
@@ -656,10 +736,6 @@ static void answer_error_body(relay *r, bool complete)
     size_t len = r->dec_end - r->dec_start;
     scrub(body, len, &r->secrets);
     int status = r->res.status;
-    if (status == 429)
-        metrics_upstream_error(r->env->metrics, r->env->upstream_id, UPERR_STATUS_429);
-    else if (status >= 500)
-        metrics_upstream_error(r->env->metrics, r->env->upstream_id, UPERR_STATUS_5XX);
     json_chunk_info info;
     arena_mark mark = arena_mark_now(r->arena);
     bool json = complete && json_inspect_chunk(body, len, r->arena, &info) == 0;
@@ -737,6 +813,32 @@ static bool is_event_stream(slice content_type)
     return content_type.len >= 17 && slice_eq_nocase((slice){content_type.ptr, 17}, SLICE_LIT("text/event-stream"));
 }
 
+static bool may_retry(const relay *r);
+static void retry_after(relay *r, uint64_t delay_ms, int status, const char *message, const char *code);
+
+/* An upstream 429/5xx before any byte reached the client: another attempt
+ * when allowed, after the upstream's Retry-After when it gives one within
+ * the backoff cap. A longer one cools that upstream for as long and the
+ * next one is tried. True when an attempt was started. */
+static bool retry_answer(relay *r, int status)
+{
+    retry_hints hints;
+    retry_hints_read(r->res.headers, r->res.header_count, &hints);
+    if (hints.should_retry == 0 || !may_retry(r))
+        return false;
+    uint64_t delay = retry_delay_ms(r->retries, &hints, retry_rng_next(r->env->rng));
+    if (hints.has_delay && hints.delay_ms > RETRY_CAP_MS) {
+        upstream_cooldown(r->u->def, now(r) + hints.delay_ms);
+        if (r->req->gen->routes->upstream_count == 1)
+            return false; /* nowhere else to go: the client gets the answer and its Retry-After */
+        delay = 0;
+    }
+    char msg[64];
+    snprintf(msg, sizeof msg, "upstream answered %d", status);
+    retry_after(r, delay, status, msg, status == 429 ? "upstream_rate_limited" : "upstream_error");
+    return true;
+}
+
 /* Returns false once the relay has ended. */
 static bool process_head(relay *r)
 {
@@ -773,16 +875,22 @@ static bool process_head(relay *r)
     uint64_t ttfb = now(r) - r->started_ms;
     rec->ttfb_ms = (int64_t)ttfb;
     rec->status = r->res.status;
-    metrics_ttfb(r->env->metrics, r->env->upstream_id, ttfb * 1000);
+    metrics_ttfb(r->env->metrics, r->u->metrics_id, ttfb * 1000);
     if (upstream_is_tls(r->up) && !upstream_was_reused(r->up))
         metrics_tls_handshake(r->env->metrics, upstream_tls_resumed(r->up));
     const http_header *up_id = http_find_header(r->res.headers, r->res.header_count, SLICE_LIT("x-request-id"));
     if (up_id && up_id->value.len <= 128) /* copied: the read buffer goes back to its pool first */
         rec->upstream_req_id = slice_of(arena_strndup(r->arena, up_id->value.ptr, up_id->value.len));
     int status = r->res.status;
+    bool overloaded = status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
+    if (overloaded)
+        metrics_upstream_error(r->env->metrics, r->u->metrics_id, status == 429 ? UPERR_STATUS_429 : UPERR_STATUS_5XX);
+    judge_upstream(r, status < 500 && status != 401 && status != 403); /* a 4xx is the request's fault, not the upstream's */
+    if (overloaded && retry_answer(r, status))
+        return false;
     if (status == 401 || status == 403) {
         /* §6: the client's key was fine; the server's own is not */
-        const char *msg = !r->env->target->auth_header
+        const char *msg = !r->u->target.auth_header
                               ? "the upstream asks for an API key and the gateway has no upstream key configured"
                           : status == 401 ? "the upstream refused the gateway's own API key (401); the client's key "
                                             "was fine: the server's upstream key needs fixing"
@@ -821,6 +929,33 @@ static bool process_head(relay *r)
 /* ---- upstream I/O ---- */
 
 static void start_attempt(relay *r);
+static void connect_upstream(relay *r);
+
+static void on_backoff(void *ctx) { start_attempt(ctx); }
+
+/* Whether another attempt may be made: nothing of the answer reached the
+ * client, no body byte went up, attempts and time are left (§ retries). */
+static bool may_retry(const relay *r)
+{
+    return !r->head_sent && !r->up_started && r->plan.attempts < r->plan.max_attempts &&
+           now(r) - r->started_ms < r->env->cfg->request_timeout_ms;
+}
+
+/* This attempt failed; the next one starts after `delay_ms` (the backoff,
+ * or the upstream's own Retry-After), on the plan's next upstream. */
+static void retry_after(relay *r, uint64_t delay_ms, int status, const char *message, const char *code)
+{
+    r->last_status = status;
+    r->last_message = arena_strndup(r->arena, message, strlen(message));
+    r->last_code = code;
+    metrics_retry(r->env->metrics, r->u->metrics_id);
+    r->retries++;
+    r->req->record->retries = r->retries;
+    r->state = RELAY_CONNECTING;
+    release_upstream(r, false);
+    loop_timer_stop(r->env->loop, &r->phase_timer);
+    loop_timer_arm(r->env->loop, &r->backoff, delay_ms, on_backoff, r);
+}
 
 /* A transport failure before any answer byte: try again if allowed. */
 static void retry_or_fail(relay *r, int status, const char *message, const char *code)
@@ -829,18 +964,14 @@ static void retry_or_fail(relay *r, int status, const char *message, const char 
      * the upstream: go again on a fresh one, without using up a retry. */
     if (r->len == 0 && !r->head_sent && !r->up_started && r->up && upstream_was_reused(r->up) && !r->fresh_only) {
         r->fresh_only = true;
-        release_upstream(r, false);
-        start_attempt(r);
+        release_conn(r, false);
+        connect_upstream(r);
         return;
     }
-    if (r->len == 0 && !r->head_sent && !r->up_started && r->retries < r->env->cfg->retries &&
-        now(r) - r->started_ms < r->env->cfg->request_timeout_ms) {
-        count_upstream_error(r, code);
-        metrics_retry(r->env->metrics, r->env->upstream_id);
-        r->retries++;
-        r->req->record->retries = r->retries;
-        release_upstream(r, false);
-        start_attempt(r);
+    count_upstream_error(r, code);
+    judge_upstream(r, false);
+    if (r->len == 0 && may_retry(r)) {
+        retry_after(r, retry_backoff_ms(r->retries, retry_rng_next(r->env->rng)), status, message, code);
         return;
     }
     fail(r, status, message, code);
@@ -856,7 +987,7 @@ static void want_io(relay *r)
 
 static void first_byte_wait(relay *r)
 {
-    loop_timer_arm(r->env->loop, &r->phase_timer, r->env->cfg->first_byte_timeout_ms, on_phase_timeout, r);
+    loop_timer_arm(r->env->loop, &r->phase_timer, r->t_first, on_phase_timeout, r);
 }
 
 /* Writes the upload buffer to the upstream; when it has room again, asks
@@ -909,7 +1040,7 @@ static void pump_upload(relay *r)
         return;
     if (r->uploading) {
         if (r->up_off < r->up_len) /* the upstream's pace, not the client's, is timed here */
-            loop_timer_arm(r->env->loop, &r->phase_timer, r->env->cfg->idle_timeout_ms, on_phase_timeout, r);
+            loop_timer_arm(r->env->loop, &r->phase_timer, r->t_idle, on_phase_timeout, r);
         else
             loop_timer_stop(r->env->loop, &r->phase_timer);
     }
@@ -1045,7 +1176,7 @@ static void read_once(relay *r)
     } else if (!process_body(r, false)) {
         return;
     }
-    loop_timer_arm(l, &r->phase_timer, r->env->cfg->idle_timeout_ms, on_phase_timeout, r);
+    loop_timer_arm(l, &r->phase_timer, r->t_idle, on_phase_timeout, r);
     if (r->state == RELAY_STREAM)
         loop_timer_arm(l, &r->heartbeat, HEARTBEAT_MS, on_heartbeat, r);
     want_io(r);
@@ -1077,7 +1208,7 @@ static void on_upstream_ready(void *ctx)
     r->out_index = 0;
     r->out_offset = 0;
     /* The TLS handshake and the request's bytes share the connect budget. */
-    loop_timer_arm(r->env->loop, &r->phase_timer, r->env->cfg->connect_timeout_ms, on_phase_timeout, r);
+    loop_timer_arm(r->env->loop, &r->phase_timer, r->t_connect, on_phase_timeout, r);
     send_request(r);
 }
 
@@ -1091,14 +1222,108 @@ static void on_upstream_failed(void *ctx, upstream_failure kind, const char *mes
 
 static const upstream_events upstream_callbacks = {on_upstream_ready, on_upstream_io, on_upstream_failed};
 
-static void start_attempt(relay *r)
+static void connect_upstream(relay *r)
 {
     r->state = RELAY_CONNECTING;
     r->len = 0;
-    r->up = upstream_open(r->env->target, r->env->loop, r->env->cfg->connect_timeout_ms, !r->fresh_only,
-                         &upstream_callbacks, r);
+    r->up = upstream_open(&r->u->target, r->env->loop, r->t_connect, !r->fresh_only, &upstream_callbacks, r);
     if (!r->up)
         fail(r, 502, "out of memory", "internal_error");
+}
+
+/* Appends an upstream's name to the log's "upstream": a>b when a failed over to b. */
+static void note_upstream(relay *r, const char *name)
+{
+    access_record *rec = r->req->record;
+    size_t had = rec->upstream.len, n = strlen(name);
+    if (had && had + 1 + n > 200)
+        return;
+    char *joined = arena_alloc(r->arena, had + 1 + n + 1);
+    if (!joined)
+        return;
+    if (had) {
+        memcpy(joined, rec->upstream.ptr, had);
+        joined[had++] = '>';
+    }
+    memcpy(joined + had, name, n + 1);
+    rec->upstream = (slice){joined, had + n};
+}
+
+static void on_slot_free(void *ctx)
+{
+    relay *r = ctx;
+    r->waiting = false;
+    loop_timer_stop(r->env->loop, &r->phase_timer);
+    r->plan.step = 0; /* a new pass over the route: the slot may be anywhere on it */
+    r->plan.tried = 0;
+    if (r->state != RELAY_FINISHED)
+        start_attempt(r);
+}
+
+static void on_wait_timeout(void *ctx)
+{
+    relay *r = ctx;
+    stop_waiting(r);
+    fail(r, 503, "every upstream for this request is at its max_conns; try again shortly", "upstream_busy");
+}
+
+/* The plan ran dry: the last failure, or why nothing could be tried. */
+static void no_upstream_left(relay *r)
+{
+    uint64_t wait = plan_wait_ms(&r->plan, now(r));
+    if (!wait && !r->last_message && r->plan.attempts < r->plan.max_attempts) {
+        /* nothing cools: the upstreams are full (max_conns); wait in line for a slot */
+        r->waiter = (gen_waiter){.wake = on_slot_free, .ctx = r};
+        if (generation_wait(r->req->gen, &r->waiter)) {
+            r->waiting = true;
+            r->state = RELAY_CONNECTING;
+            loop_timer_arm(r->env->loop, &r->phase_timer, r->env->cfg->connect_timeout_ms, on_wait_timeout, r);
+            return;
+        }
+    }
+    if (r->last_message) {
+        fail(r, r->last_status, r->last_message, r->last_code);
+        return;
+    }
+    char msg[160];
+    snprintf(msg, sizeof msg, "no upstream is available for this request%s",
+             wait ? " (all cooling down)" : " (every one is at its max_conns)");
+    record_error(r, msg);
+    r->req->record->status = 503;
+    stop_timers(r);
+    r->state = RELAY_FINISHED;
+    settle(r);
+    char extra[40];
+    snprintf(extra, sizeof extra, "\r\nRetry-After: %llu", (unsigned long long)(wait ? (wait + 999) / 1000 : 1));
+    r->sink->error(r->client, 503, msg, "server_error", "upstream_unavailable", extra);
+}
+
+static uint64_t or_default(uint64_t v, uint64_t fallback) { return v ? v : fallback; }
+
+/* The next attempt, on the upstream the route's plan gives. */
+static void start_attempt(relay *r)
+{
+    upstream_def *d = plan_next(&r->plan, now(r));
+    if (!d) {
+        no_upstream_left(r);
+        return;
+    }
+    const config *cfg = r->env->cfg;
+    r->u = generation_upstream(r->req->gen, d);
+    r->on_upstream = true;
+    d->active++;
+    r->t_connect = or_default(d->connect_timeout_ms, cfg->connect_timeout_ms);
+    r->t_first = or_default(d->first_byte_timeout_ms, cfg->first_byte_timeout_ms);
+    r->t_idle = or_default(d->idle_timeout_ms, cfg->idle_timeout_ms);
+    note_upstream(r, r->u->target.name);
+    /* this upstream's key is the secret to scrub now */
+    r->secrets.item[0] = r->u->target.auth_header ? slice_of(r->u->target.auth_header + 7) : (slice){"", 0};
+    r->fresh_only = false;
+    if (build_request(r) != 0) {
+        fail(r, 431, "request head too large to forward", "headers_too_large");
+        return;
+    }
+    connect_upstream(r);
 }
 
 /* ---- the caller's limits ---- */
@@ -1157,10 +1382,11 @@ relay *relay_start(const relay_env *env, arena *a, relay_request *req, const rel
     }
     memset(r, 0, sizeof *r);
     r->env = env;
-    if (env->target->auth_header) /* "Bearer <key>" */
-        secrets_add(&r->secrets, slice_of(env->target->auth_header + 7));
+    /* slot 0: the upstream key of the attempt under way; slot 1: the caller's own */
+    r->secrets.count = 2;
+    r->secrets.item[0] = r->secrets.item[1] = (slice){"", 0};
     if (req->caller)
-        secrets_add(&r->secrets, req->caller->presented);
+        r->secrets.item[1] = req->caller->presented;
     r->arena = a;
     r->req = req;
     r->sink = sink;
@@ -1168,7 +1394,7 @@ relay *relay_start(const relay_env *env, arena *a, relay_request *req, const rel
     r->started_ms = loop_now_ms(env->loop);
     r->client_chunked = req->http->minor_version >= 1;
     access_record *rec = req->record;
-    rec->upstream = slice_of(env->target->name);
+    rec->upstream = (slice){NULL, 0};
     rec->ttfb_ms = -1;
 
     const http_request *h = req->http;
@@ -1188,14 +1414,27 @@ relay *relay_start(const relay_env *env, arena *a, relay_request *req, const rel
         if (!slice_eq(h->path, SLICE_LIT("/v1/chat/completions")) && !slice_eq(h->path, SLICE_LIT("/v1/completions")))
             r->info.usage_edit.active = false;
     }
+    route_target rt;
+    if (routes_resolve(req->gen->routes, r->info.model, &rt) != 0) {
+        if (r->info.model.len) {
+            char msg[320];
+            wbuf m = wbuf_over(msg, sizeof msg - 1);
+            routes_write_not_found(&m, r->info.model);
+            msg[m.len] = '\0';
+            rec->status = 404;
+            rec->error = arena_strndup(a, msg, m.len);
+            sink->error(client, 404, msg, "invalid_request_error", "model_not_found", NULL);
+            return NULL;
+        }
+        rt = (route_target){.route = NULL, .pinned = 0}; /* no model to route by (models, files): the first upstream */
+    }
+    if (rt.rewritten) { /* an alias: its model goes up in place of the client's */
+        r->model_edit = (json_edit){.active = true, .at = (size_t)(r->info.model.ptr - req->body),
+                                    .remove = r->info.model.len, .insert = rt.model};
+    }
     if (req->caller && req->caller->state && !admit(r, req->caller))
         return NULL;
-    if (build_request(r) != 0) {
-        rec->status = 431;
-        rec->error = "request head too large to forward";
-        sink->error(client, 431, rec->error, "invalid_request_error", "headers_too_large", NULL);
-        return NULL;
-    }
+    plan_init(&r->plan, req->gen->routes, &rt, 1 + env->cfg->retries);
     loop_timer_arm(env->loop, &r->deadline, env->cfg->request_timeout_ms, on_deadline, r);
     start_attempt(r);
     return r;

@@ -14,8 +14,10 @@
 #include "http/http.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "upstream/retry.h"
 #include "upstream/upstream.h"
 #include "gateway/auth.h"
+#include "gateway/generation.h"
 #include "gateway/limits.h"
 #include "gateway/metrics.h"
 
@@ -37,10 +39,9 @@ typedef struct relay_sink {
 typedef struct relay_env {
     loop *loop;
     const config *cfg;
-    upstream_target *target;
     buffer_pool *read_buffers; /* RELAY_READ_BUFFER bytes each */
     metrics *metrics;
-    uint32_t upstream_id;      /* the target's series in metrics */
+    retry_rng *rng;            /* jitter for backoffs */
 } relay_env;
 
 enum { RELAY_READ_BUFFER = 64 * 1024, RELAY_CLIENT_HIGH_WATER = 256 * 1024 };
@@ -51,6 +52,7 @@ typedef struct relay_request {
     size_t body_len;
     slice req_id;
     slice traceparent;             /* W3C trace context sent upstream */
+    generation *gen;               /* routes and upstreams; the client holds it for the request */
     const auth_identity *caller;   /* who asked: limits, and a credential to scrub */
     access_record *record; /* the relay fills status, model, upstream, timings, counts, error */
     bool holds_stream;     /* out: a stream slot of the caller's limit was taken */

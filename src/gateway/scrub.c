@@ -13,6 +13,8 @@ size_t scrub(char *buf, size_t len, const secrets *s)
     size_t found = 0;
     for (size_t i = 0; i < s->count; i++) {
         slice k = s->item[i];
+        if (k.len < SCRUB_MIN_SECRET)
+            continue; /* an empty slot, or too short to mask without hurting ordinary text */
         char *p = buf;
         size_t left = len;
         char *hit;

@@ -50,9 +50,9 @@ typedef struct client client;
 struct server {
     loop *loop;
     const config *cfg;
-    upstream_target *target;
-    auth *auth;
+    generation *gen; /* the configuration new requests start on */
     metrics *metrics;
+    retry_rng rng;
     relay_env env;
     int listen_fd;
     loop_io listen_io;
@@ -94,6 +94,7 @@ struct client {
     char traceparent[TRACEPARENT_LEN + 1];
     auth_identity caller;
     bool has_caller;
+    generation *gen; /* held from routing to the request's end */
 
     /* a body that is not JSON, streamed up as it arrives (§4) */
     bool uploading;       /* this request's body goes up through relay_upload */
@@ -350,7 +351,7 @@ static void log_request(client *c)
         }
         if (tokens)
             metrics_tokens(s->metrics, who->metrics_id, r->prompt_tokens, r->completion_tokens);
-        auth_release(s->auth, who);
+        auth_release(c->gen->auth, who);
         c->has_caller = false;
     } else if (tokens) {
         metrics_tokens(s->metrics, metrics_client(s->metrics, r->client), r->prompt_tokens, r->completion_tokens);
@@ -359,6 +360,8 @@ static void log_request(client *c)
     metrics_request(s->metrics, metrics_route_of(r->path), r->status, r->dur_ms * 1000);
     log_access(r);
     c->in_request = false;
+    generation_release(c->gen); /* after the log line: its names may live in the generation */
+    c->gen = NULL;
 }
 
 static void begin_request(client *c)
@@ -480,6 +483,7 @@ static void start_relay(client *c)
                                    .req_id = slice_of(c->req_id),
                                    .traceparent = slice_of(c->traceparent),
                                    .caller = c->has_caller ? &c->caller : NULL,
+                                   .gen = c->gen,
                                    .record = &c->record,
                                    .upload = c->uploading};
     c->record.bytes_in = c->req.head_len + c->body_len;
@@ -507,10 +511,12 @@ static uint64_t unix_now_ms(void)
 static bool authenticate(client *c)
 {
     server *s = c->srv;
-    if (!auth_required(s->auth))
+    if (!c->gen)
+        c->gen = generation_acquire(s->gen);
+    if (!auth_required(c->gen->auth))
         return true;
     const char *why = NULL;
-    auth_status st = auth_check(s->auth, c->req.headers, c->req.header_count, unix_now_ms(), &c->caller, &why);
+    auth_status st = auth_check(c->gen->auth, c->req.headers, c->req.header_count, unix_now_ms(), &c->caller, &why);
     if (st == AUTH_OK) {
         c->has_caller = true;
         return true;
@@ -566,7 +572,7 @@ static void answer_metrics(client *c)
 }
 
 /* Routes a request whose head (and body) arrived. */
-static void route(client *c)
+static void dispatch(client *c)
 {
     slice path = c->req.path;
     http_method m = c->req.method;
@@ -592,9 +598,11 @@ static void route(client *c)
         answer_json(c, 200, "{\"message\":\"pong\"}");
     else if (slice_eq(path, SLICE_LIT("/healthz")) && get)
         answer_json(c, 200, "{\"status\":\"ok\"}");
-    else if (slice_eq(path, SLICE_LIT("/readyz")) && get)
-        answer_json(c, c->srv->ready && !c->srv->draining ? 200 : 503,
-                    c->srv->ready && !c->srv->draining ? "{\"status\":\"ready\"}" : "{\"status\":\"not ready\"}");
+    else if (slice_eq(path, SLICE_LIT("/readyz")) && get) {
+        server *s = c->srv;
+        bool ready = s->ready && !s->draining && generation_has_available(s->gen, loop_now_ms(s->loop));
+        answer_json(c, ready ? 200 : 503, ready ? "{\"status\":\"ready\"}" : "{\"status\":\"not ready\"}");
+    }
     else if (slice_eq(path, SLICE_LIT("/ping")) || slice_eq(path, SLICE_LIT("/healthz")) ||
              slice_eq(path, SLICE_LIT("/readyz")) || slice_eq(path, SLICE_LIT("/metrics")))
         reject(c, 405, "method not allowed", "method_not_allowed");
@@ -812,7 +820,7 @@ static void start_upload(client *c)
     c->req.keep_alive = false; /* a refusal leaves the body unread: the connection closes after it */
     c->record.bytes_in = c->req.head_len;
     if (c->req.method == HTTP_OTHER) {
-        route(c);
+        dispatch(c);
         return;
     }
     if (!authenticate(c))
@@ -872,7 +880,7 @@ static void process_input(client *c)
         }
         if (c->req.body_kind == HTTP_BODY_NONE || (c->req.body_kind == HTTP_BODY_LENGTH && c->req.content_length == 0)) {
             loop_timer_stop(c->srv->loop, &c->timer);
-            route(c);
+            dispatch(c);
             return;
         }
         c->chunked = (http_chunked){0};
@@ -891,7 +899,7 @@ static void process_input(client *c)
     }
     if (c->state == CLIENT_READING_BODY && take_body(c)) {
         loop_timer_stop(c->srv->loop, &c->timer);
-        route(c);
+        dispatch(c);
         return;
     }
     update_interest(c);
@@ -1073,7 +1081,7 @@ static void read_input(client *c)
         c->in_len += (size_t)n;
     if (direct && c->body_len == c->req.content_length) {
         loop_timer_stop(c->srv->loop, &c->timer);
-        route(c);
+        dispatch(c);
         return;
     }
     if (!direct)
@@ -1275,7 +1283,7 @@ static int bind_listener(server *s, const char *spec, const char **why)
     return 0;
 }
 
-server *server_new(loop *l, const config *cfg, upstream_target *target, auth *a, metrics *m, const char **why)
+server *server_new(loop *l, const config *cfg, generation *gen, metrics *m, const char **why)
 {
     server *s = calloc(1, sizeof *s);
     if (!s) {
@@ -1284,21 +1292,16 @@ server *server_new(loop *l, const config *cfg, upstream_target *target, auth *a,
     }
     s->loop = l;
     s->cfg = cfg;
-    s->target = target;
-    s->auth = a;
+    s->gen = gen;
     s->metrics = m;
     s->listen_fd = -1;
     s->in_buffers = (buffer_pool){.size = IN_BUFFER, .max_free = 1024};
     s->out_buffers = (buffer_pool){.size = OUT_BUFFER, .max_free = 16};
     s->read_buffers = (buffer_pool){.size = RELAY_READ_BUFFER, .max_free = 256};
-    s->env = (relay_env){.loop = l,
-                         .cfg = cfg,
-                         .target = target,
-                         .read_buffers = &s->read_buffers,
-                         .metrics = m,
-                         .upstream_id = metrics_upstream(m, slice_of(target->name))};
+    s->env = (relay_env){.loop = l, .cfg = cfg, .read_buffers = &s->read_buffers, .metrics = m, .rng = &s->rng};
     if (getrandom(&s->id_state, sizeof s->id_state, 0) != (ssize_t)sizeof s->id_state)
         s->id_state = (uint64_t)getpid() * 0x9e3779b97f4a7c15u;
+    retry_rng_seed(&s->rng, s->id_state ^ 0x5bd1e995u);
     if (bind_listener(s, cfg->listen, why) != 0 ||
         loop_io_add(l, &s->listen_io, s->listen_fd, EPOLLIN, on_accept, s) != 0) {
         if (s->listen_fd >= 0)
@@ -1310,6 +1313,15 @@ server *server_new(loop *l, const config *cfg, upstream_target *target, auth *a,
 }
 
 const char *server_address(const server *s) { return s->address; }
+
+void server_set_generation(server *s, generation *gen)
+{
+    generation *old = s->gen;
+    s->gen = gen;
+    generation_release(old); /* freed when the last request on it ends */
+}
+
+generation *server_generation(const server *s) { return s->gen; }
 
 void server_set_ready(server *s, bool ready) { s->ready = ready; }
 
@@ -1356,6 +1368,8 @@ void server_free(server *s)
         loop_io_del(s->loop, &s->listen_io);
         close(s->listen_fd);
     }
+    generation_release(s->gen);
+    s->gen = NULL;
     pool_drain(&s->in_buffers);
     pool_drain(&s->out_buffers);
     pool_drain(&s->read_buffers);

@@ -7,15 +7,18 @@
 
 #include "core/config.h"
 #include "core/loop.h"
-#include "gateway/auth.h"
+#include "gateway/generation.h"
 #include "gateway/metrics.h"
-#include "upstream/upstream.h"
 
 typedef struct server server;
 
-/* Binds cfg->listen. Client auth and metrics are borrowed. Returns NULL
- * with *why on failure. */
-server *server_new(loop *l, const config *cfg, upstream_target *target, auth *a, metrics *m, const char **why);
+/* Binds cfg->listen. Takes the generation's reference; metrics are
+ * borrowed. Returns NULL with *why on failure. */
+server *server_new(loop *l, const config *cfg, generation *gen, metrics *m, const char **why);
+/* A reload: new requests start on gen (whose reference is taken); the old
+ * one is freed when the last request on it ends. */
+void server_set_generation(server *s, generation *gen);
+generation *server_generation(const server *s);
 /* "ADDR:PORT" actually bound (port 0 resolved). */
 const char *server_address(const server *s);
 /* Ready for traffic: /readyz turns 200. */

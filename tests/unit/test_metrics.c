@@ -351,6 +351,10 @@ static const char known_page[] =
     "# TYPE ssegate_retries_total counter\n"
     "ssegate_retries_total{upstream=\"openai\"} 0\n"
     "ssegate_retries_total{upstream=\"azure\"} 1\n"
+    "# HELP ssegate_upstream_ejections_total Times an upstream was taken out of rotation after consecutive failures.\n"
+    "# TYPE ssegate_upstream_ejections_total counter\n"
+    "ssegate_upstream_ejections_total{upstream=\"openai\"} 0\n"
+    "ssegate_upstream_ejections_total{upstream=\"azure\"} 1\n"
     "# HELP ssegate_tls_handshakes_total Upstream TLS handshakes, full or resumed from a session.\n"
     "# TYPE ssegate_tls_handshakes_total counter\n"
     "ssegate_tls_handshakes_total{kind=\"full\"} 1\n"
@@ -408,6 +412,7 @@ TEST(metrics_known_sequence_renders_exactly)
     metrics_upstream_error(m, azure, UPERR_TIMEOUT);
     metrics_upstream_error(m, azure, UPERR_TIMEOUT);
     metrics_retry(m, azure);
+    metrics_upstream_ejection(m, azure);
     metrics_tls_handshake(m, false);
     metrics_tls_handshake(m, true);
     metrics_tls_handshake(m, true);
@@ -638,7 +643,7 @@ TEST(metrics_sample_page)
     metrics_config_reload(m, false);
 
     char *page = page_text(m);
-    check_page_shape(page, 15);
+    check_page_shape(page, 16);
     const char *path = getenv("METRICS_SAMPLE");
     if (path && *path) {
         FILE *f = fopen(path, "w");
