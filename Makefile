@@ -68,6 +68,7 @@ test: $(TEST_BINS)
 	  "unit::./build/unit-tests" \
 	  "integration::$(PYTHON) tests/integration/run.py --gateway ./ssegate --mock tools/mock-upstream" \
 	  "sdk::tests/sdk/run.sh ./ssegate tools/mock-upstream" \
+	  "deploy::tests/deploy/run.sh ./ssegate" \
 	  "unit-asan::./build/unit-tests-asan" \
 	  "integration-asan::$(PYTHON) tests/integration/run.py --gateway build/ssegate-asan --mock build/mock-upstream-asan"
 

@@ -1016,8 +1016,11 @@ def _():
             for n in group:
                 require(n in names, f"route {model} names unknown upstream {n}")
     served = set(routes) | {m for u in ups for m in u["models"]}
+    names = {u["name"] for u in cfg["upstreams"]}
     for alias, target in cfg.get("aliases", {}).items():
-        require(target in served, f"alias {alias} -> {target}, which nothing serves")
+        require(isinstance(target, dict) and "model" in target, f"alias {alias}: want {{\"model\": ...}}")
+        require(target["model"] in served, f"alias {alias} -> {target['model']}, which nothing serves")
+        require(target.get("upstream", next(iter(names))) in names, f"alias {alias}: no upstream {target.get('upstream')}")
     require(set(cfg) <= {"upstreams", "routes", "aliases", "clients"}, f"unknown keys {set(cfg)}")
 
 
