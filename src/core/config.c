@@ -18,6 +18,7 @@ typedef struct option {
 static const option options[] = {
     {"--listen", "SSEGATE_LISTEN", "127.0.0.1:8080", "address to listen on, ADDR:PORT (port 0 picks one)", OPT_STRING, AT(listen)},
     {"--upstream", "OPENAI_BASE_URL", NULL, "upstream base URL, or 'demo' (default https://api.openai.com/v1 with a key, else demo)", OPT_STRING, AT(upstream)},
+    {"--config", "SSEGATE_CONFIG", NULL, "JSON file of upstreams, routes, aliases and clients", OPT_STRING, AT(config_file)},
     {"--upstream-key-file", NULL, NULL, "file holding the upstream API key (else OPENAI_API_KEY)", OPT_KEYFILE, AT(upstream_key)},
     {"--upstream-org", "OPENAI_ORG_ID", NULL, "OpenAI-Organization sent upstream (the client's is dropped)", OPT_STRING, AT(upstream_org)},
     {"--upstream-project", "OPENAI_PROJECT_ID", NULL, "OpenAI-Project sent upstream (the client's is dropped)", OPT_STRING, AT(upstream_project)},

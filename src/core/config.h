@@ -11,6 +11,7 @@ typedef enum log_format { LOG_JSON, LOG_TEXT } log_format;
 typedef struct config {
     const char *listen;
     const char *upstream; /* URL, or "demo" */
+    const char *config_file; /* --config: upstreams, routes, aliases, clients (upstream/cfgfile.h); NULL when none */
     bool demo;
     char *upstream_key;   /* owned; NULL when none */
     const char *ca_file;

@@ -273,6 +273,37 @@ keyring *keyring_load(const char *path, char *why, size_t why_cap)
     return k;
 }
 
+keyring *keyring_with(const keyring *base, const client_key *more, size_t count, char *why, size_t why_cap)
+{
+    keyring *k = calloc(1, sizeof *k);
+    if (!k)
+        goto oom;
+    for (size_t i = 0; base && i < base->count; i++)
+        if (!add_key(k, &base->keys[i]))
+            goto oom;
+    for (size_t i = 0; i < count; i++)
+        if (!add_key(k, &more[i]))
+            goto oom;
+    size_t dup = 0;
+    int rc = index_keys(k, &dup);
+    if (rc < 0)
+        goto oom;
+    if (rc > 0) {
+        const client_key *twice = &k->keys[dup], *first = twice;
+        for (size_t i = 0; i < dup && first == twice; i++)
+            if (digest_equal(k->keys[i].digest, twice->digest, KEY_DIGEST_LEN))
+                first = &k->keys[i];
+        snprintf(why, why_cap, "client \"%s\" has the same key as client \"%s\"", twice->name, first->name);
+        keyring_free(k);
+        return NULL;
+    }
+    return k;
+oom:
+    snprintf(why, why_cap, "out of memory");
+    keyring_free(k);
+    return NULL;
+}
+
 void keyring_free(keyring *k)
 {
     if (!k)
