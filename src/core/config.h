@@ -11,11 +11,11 @@ typedef enum log_format { LOG_JSON, LOG_TEXT } log_format;
 typedef struct config {
     const char *listen;
     const char *upstream; /* URL, or "demo" */
+    const char *config_file; /* --config: upstreams, routes, aliases, clients (upstream/cfgfile.h); NULL when none */
     bool demo;
     char *upstream_key;   /* owned; NULL when none */
     const char *ca_file;
     const char *keys_file;
-    const char *config_file; /* --config: upstreams, routes, aliases, clients */
     bool allow_anonymous;
     uint64_t connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, request_timeout_ms;
     uint64_t header_timeout_ms, keepalive_timeout_ms, drain_timeout_ms;

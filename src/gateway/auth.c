@@ -53,7 +53,9 @@ auth *auth_new(const config *cfg, metrics *m, const client_key *extra, size_t ex
             goto fail;
     }
     if (extra_count) {
-        a->keys = keyring_merge(a->keys, extra, extra_count, why, why_cap);
+        keyring *merged = keyring_with(a->keys, extra, extra_count, why, why_cap);
+        keyring_free(a->keys);
+        a->keys = merged;
         if (!a->keys)
             goto fail;
     }

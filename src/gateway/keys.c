@@ -273,6 +273,37 @@ keyring *keyring_load(const char *path, char *why, size_t why_cap)
     return k;
 }
 
+keyring *keyring_with(const keyring *base, const client_key *more, size_t count, char *why, size_t why_cap)
+{
+    keyring *k = calloc(1, sizeof *k);
+    if (!k)
+        goto oom;
+    for (size_t i = 0; base && i < base->count; i++)
+        if (!add_key(k, &base->keys[i]))
+            goto oom;
+    for (size_t i = 0; i < count; i++)
+        if (!add_key(k, &more[i]))
+            goto oom;
+    size_t dup = 0;
+    int rc = index_keys(k, &dup);
+    if (rc < 0)
+        goto oom;
+    if (rc > 0) {
+        const client_key *twice = &k->keys[dup], *first = twice;
+        for (size_t i = 0; i < dup && first == twice; i++)
+            if (digest_equal(k->keys[i].digest, twice->digest, KEY_DIGEST_LEN))
+                first = &k->keys[i];
+        snprintf(why, why_cap, "client \"%s\" has the same key as client \"%s\"", twice->name, first->name);
+        keyring_free(k);
+        return NULL;
+    }
+    return k;
+oom:
+    snprintf(why, why_cap, "out of memory");
+    keyring_free(k);
+    return NULL;
+}
+
 void keyring_free(keyring *k)
 {
     if (!k)
@@ -293,37 +324,6 @@ client_key *keyring_find(keyring *k, slice presented)
     unsigned char d[KEY_DIGEST_LEN];
     key_digest(presented, d);
     return keyring_find_digest(k, d);
-}
-
-keyring *keyring_merge(keyring *k, const client_key *extra, size_t n, char *why, size_t why_cap)
-{
-    if (!k) {
-        k = calloc(1, sizeof *k);
-        if (!k) {
-            snprintf(why, why_cap, "out of memory");
-            return NULL;
-        }
-    }
-    free(k->slots);
-    k->slots = NULL;
-    for (size_t i = 0; i < n; i++)
-        if (!add_key(k, &extra[i])) {
-            snprintf(why, why_cap, "out of memory");
-            keyring_free(k);
-            return NULL;
-        }
-    size_t dup = 0;
-    int rc = k->count ? index_keys(k, &dup) : 0;
-    if (rc != 0) {
-        if (rc > 0)
-            snprintf(why, why_cap, "client %s: its key is given twice (keys file and config, or twice in one)",
-                     k->keys[dup].name);
-        else
-            snprintf(why, why_cap, "out of memory");
-        keyring_free(k);
-        return NULL;
-    }
-    return k;
 }
 
 client_key *keyring_find_digest(keyring *k, const unsigned char d[KEY_DIGEST_LEN])

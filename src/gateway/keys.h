@@ -30,6 +30,10 @@ keyring *keyring_parse(const char *text, size_t len, const char *source, char *w
 /* Reads and parses the file at path. */
 keyring *keyring_load(const char *path, char *why, size_t why_cap);
 void keyring_free(keyring *k);
+/* A new keyring holding base's clients (base may be NULL) and then `more`
+ * (e.g. a --config file's clients), states and all. On a key held twice
+ * returns NULL and writes which two clients share it into why. */
+keyring *keyring_with(const keyring *base, const client_key *more, size_t count, char *why, size_t why_cap);
 
 size_t keyring_count(const keyring *k);
 client_key *keyring_at(keyring *k, size_t i);
@@ -37,9 +41,6 @@ client_key *keyring_at(keyring *k, size_t i);
 client_key *keyring_find(keyring *k, slice presented);
 client_key *keyring_find_digest(keyring *k, const unsigned char digest[KEY_DIGEST_LEN]);
 
-/* A keyring of k's clients (k may be NULL) and `extra` ones (the config
- * file's); k is consumed. NULL with why on a key given twice. */
-keyring *keyring_merge(keyring *k, const client_key *extra, size_t n, char *why, size_t why_cap);
 
 /* SHA-256 of data; also names unnamed clients. */
 void key_digest(slice data, unsigned char out[KEY_DIGEST_LEN]);

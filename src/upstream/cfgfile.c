@@ -309,10 +309,11 @@ static int tokenise(reader *r)
     if (r->t[0].type != JSMN_OBJECT)
         return fail_at(r, first, "the top level must be a JSON object");
     size_t bad = 0;
-    if (walk_value(r, 0, 0, &bad) != n)
+    int end = walk_value(r, 0, 0, &bad);
+    if (end < 0)
         return fail_at(r, bad, "invalid JSON");
-    if (!gap_ok(r->s, (size_t)r->t[0].end, r->len, 0, &bad))
-        return fail_at(r, bad, "invalid JSON (more after the top-level object)");
+    if (end != n || !gap_ok(r->s, (size_t)r->t[0].end, r->len, 0, &bad))
+        return fail_at(r, end != n ? tok_begin(&r->t[end]) : bad, "invalid JSON (more after the top-level object)");
     return 0;
 }
 

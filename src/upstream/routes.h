@@ -182,7 +182,8 @@ typedef struct route_plan {
     unsigned attempts, max_attempts;
 } route_plan;
 
-/* max_attempts is 1 + the retries allowed (at least 1 is used). */
+/* max_attempts is 1 + the retries allowed (at least 1 is used). The plan
+ * borrows g: the request holds a reference (gen_acquire) while it runs. */
 void plan_init(route_plan *p, config_gen *g, const route_target *t, unsigned max_attempts);
 /* The next upstream to try (taken, as routes_pick), or NULL when the
  * attempts are spent or no upstream of the plan may be tried now. */
