@@ -26,8 +26,8 @@ enum { CFGFILE_MAX_SIZE = 1 << 20, CFGFILE_SECRET_MAX = 4096 };
  * fuzzer need no files and no environment. */
 typedef struct cfgfile_env {
     /* The first line of the file at path, without its line end and trailing
-     * blanks, into out[cap] NUL-terminated. 0, or -1 with *why (e.g. the
-     * strerror text, or "is empty"). */
+     * blanks, into out[cap] NUL-terminated (an empty file gives ""; the
+     * loader refuses it). 0, or -1 with *why, e.g. the strerror text. */
     int (*read_secret)(void *ctx, const char *path, char *out, size_t cap, const char **why);
     /* The variable's value, or NULL when it is not set. */
     const char *(*get_env)(void *ctx, const char *name);

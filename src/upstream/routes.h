@@ -178,7 +178,7 @@ typedef struct route_plan {
     route_target target;
     size_t step;      /* the entry being tried */
     uint64_t tried;   /* upstreams tried in this pass */
-    uint64_t skip;    /* upstreams of "*" whose models leave the model out */
+    uint64_t skip;    /* candidates whose models leave the model out ("*" and model routing) */
     unsigned attempts, max_attempts;
 } route_plan;
 
