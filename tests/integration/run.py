@@ -2479,21 +2479,22 @@ for _name in sorted(os.listdir(_HERE)):
 
 
 
-@test(ANY, timeout=10)
+@test(ANY, timeout=60)
 def logs_have_no_secrets(ctx):
     r = post_chat(ctx.gw.port, n=2)   # at least one request with a client key
     check(r.status == 200, 'status %d' % r.status)
     ctx.gw.wait_log(lambda rec: rec.get('req_id') == r.header('x-request-id'))
     bad = []
-    for gw in ctx.env.gateways():
-        for line in gw.proc.err_snapshot():
-            if UPSTREAM_KEY in line:
-                bad.append((gw.name, 'upstream key', line))
-            for s in CLIENT_SECRETS:
-                tok = s.split(' ', 1)[1]
-                if tok in line:
-                    bad.append((gw.name, 'client Authorization', line))
-                    break
+    secrets = [('upstream key', UPSTREAM_KEY)] + [('client Authorization', s.split(' ', 1)[1]) for s in CLIENT_SECRETS]
+    with PROCS_LOCK:
+        procs = [p for p in ALL_PROCS if p.name.startswith(('gw-', 'refused-'))]
+    for p in procs:
+        text = '\n'.join(p.err_snapshot())
+        for what, tok in secrets:
+            at = text.find(tok)
+            if at >= 0:
+                line = text[text.rfind('\n', 0, at) + 1:text.find('\n', at) if text.find('\n', at) >= 0 else None]
+                bad.append((p.name, what, line))
     check(not bad, '%d log lines carry a secret, e.g. %s' % (len(bad), short(bad[0] if bad else None)))
 
 
