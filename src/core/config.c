@@ -44,6 +44,9 @@ static const option options[] = {
     {"--log-format", "SSEGATE_LOG_FORMAT", "json", "json or text", OPT_LOGFMT, AT(log_format)},
     {"--workers", "SSEGATE_WORKERS", "1", "processes sharing the port (SO_REUSEPORT)", OPT_COUNT, AT(workers)},
     {"--metrics-token-file", "SSEGATE_METRICS_TOKEN_FILE", NULL, "file holding the bearer token /metrics requires (default: open)", OPT_KEYFILE, AT(metrics_token)},
+    {"--resumable", "SSEGATE_RESUMABLE", NULL, "ids on every /v1 stream, resumable with Last-Event-ID (always on for /chat/stream)", OPT_FLAG, AT(resumable)},
+    {"--replay-window", "SSEGATE_REPLAY_WINDOW", "60s", "how long a resumable stream's events are kept after it ended", OPT_DURATION, AT(replay_window_ms)},
+    {"--replay-buffer", "SSEGATE_REPLAY_BUFFER", "1MiB", "events kept per resumable stream", OPT_SIZE, AT(replay_buffer)},
     {"--metrics-max-clients", "SSEGATE_METRICS_MAX_CLIENTS", "1000", "distinct client names in metrics; the rest count as 'other'", OPT_COUNT, AT(metrics_max_clients)},
 };
 

@@ -31,6 +31,9 @@ typedef struct config {
     const char *upstream_org, *upstream_project;
     char *metrics_token; /* owned; NULL: /metrics is open */
     unsigned metrics_max_clients;
+    /* resumable streams (§7) */
+    bool resumable;
+    uint64_t replay_window_ms, replay_buffer;
 } config;
 
 /* Fills *c from argv and the environment. Returns 0 to run, 1 when --help

@@ -240,9 +240,15 @@ static subject *subject_get(auth *a, const char *name)
 auth_status auth_check(auth *a, const http_header *headers, size_t count, uint64_t unix_now_ms, auth_identity *id,
                        const char **why)
 {
-    *id = (auth_identity){0};
     bool malformed;
     slice cred = auth_credential(headers, count, &malformed);
+    return auth_check_credential(a, cred, malformed, unix_now_ms, id, why);
+}
+
+auth_status auth_check_credential(auth *a, slice cred, bool malformed, uint64_t unix_now_ms, auth_identity *id,
+                                  const char **why)
+{
+    *id = (auth_identity){0};
     if (malformed) {
         *why = "the Authorization header must be 'Bearer <key>'";
         return AUTH_INVALID_KEY;

@@ -51,6 +51,10 @@ size_t auth_key_count(const auth *a);
  * auth_release when the request ends. Otherwise *why says why. */
 auth_status auth_check(auth *a, const http_header *headers, size_t count, uint64_t unix_now_ms, auth_identity *id,
                        const char **why);
+/* The same for a credential found elsewhere (/chat/stream's key parameter:
+ * EventSource cannot set headers). */
+auth_status auth_check_credential(auth *a, slice credential, bool malformed, uint64_t unix_now_ms,
+                                  auth_identity *id, const char **why);
 void auth_release(auth *a, auth_identity *id);
 
 /* The credential a request carries: Bearer value, else x-api-key, else

@@ -293,17 +293,18 @@ static int member(const char *s, const jsmntok_t *t, int n, int obj, const char 
     return -1;
 }
 
-/* Any choice whose delta (or, for completions, text) is a non-empty string. */
-static bool choices_have_content(const char *s, const jsmntok_t *t, int n, int arr)
+/* The first choice whose delta (or, for completions, text) is a non-empty
+ * string: its contents, still JSON-escaped; empty when none. */
+static slice choices_content(const char *s, const jsmntok_t *t, int n, int arr)
 {
     for (int j = arr + 1, k = 0; k < t[arr].size && j < n; k++) {
         int delta = member(s, t, n, j, "delta");
         int text = delta >= 0 ? member(s, t, n, delta, "content") : member(s, t, n, j, "text");
         if (text >= 0 && t[text].type == JSMN_STRING && t[text].end > t[text].start)
-            return true;
+            return tok_slice(s, &t[text]);
         j = skip(t, n, j);
     }
-    return false;
+    return (slice){NULL, 0};
 }
 
 int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *out)
@@ -318,7 +319,8 @@ int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *
         const jsmntok_t *key = &t[i], *val = &t[i + 1];
         if (tok_is(data, key, "choices") && val->type == JSMN_ARRAY) {
             choices_empty = val->size == 0;
-            out->has_content |= choices_have_content(data, t, n, i + 1);
+            out->content = choices_content(data, t, n, i + 1);
+            out->has_content |= out->content.len > 0;
         } else if (tok_is(data, key, "error") && val->type == JSMN_OBJECT) {
             out->is_error = true;
         } else if (tok_is(data, key, "usage") && val->type == JSMN_OBJECT) {
@@ -329,6 +331,8 @@ int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *
                 read_usage(data, t, n, u, out);
         } else if (tok_is(data, key, "type") && tok_is(data, val, "response.output_text.delta")) {
             out->has_content = true;
+        } else if (tok_is(data, key, "delta") && val->type == JSMN_STRING && !out->content.len) {
+            out->content = tok_slice(data, val); /* the Responses API's text delta */
         }
         i = skip(t, n, i + 1);
     }

@@ -35,6 +35,7 @@ typedef struct json_chunk_info {
     uint64_t prompt_tokens, completion_tokens; /* also the Responses API's input/output_tokens */
     bool is_error;    /* an {"error":...} object */
     bool has_content; /* a non-empty content delta: what a stream without usage is counted by */
+    slice content;    /* that delta's text, still JSON-escaped, pointing into the chunk */
 } json_chunk_info;
 
 /* Checks one chunk's JSON structure and reads what the relay records (the

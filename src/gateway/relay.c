@@ -84,6 +84,11 @@ struct relay {
     bool up_cut;              /* the answer came before the body was all up */
     bool pumping;
 
+    /* a tapped stream: the events go to req->tap, not to the client */
+    bool tapped, tap_full;
+    slice ev_content;         /* what inspect_event_in found in the event */
+    bool ev_error;
+
     loop_timer phase_timer;   /* first byte, then idle between chunks */
     loop_timer deadline;      /* the whole request */
     loop_timer heartbeat;     /* `: keep-alive` while the upstream is silent */
@@ -239,6 +244,13 @@ static int send_iov(relay *r, const struct iovec *iov, size_t count)
 static void fail_stream(relay *r, const char *message, const char *code)
 {
     record_error(r, message);
+    if (r->tapped) {
+        stop_timers(r);
+        release_upstream(r, false);
+        r->req->tap->ended(r->req->tap_ctx, message, code);
+        finish(r, true);
+        return;
+    }
     char mem[1024];
     wbuf b = wbuf_over(mem, sizeof mem);
     wbuf_puts(&b, "data: ");
@@ -321,6 +333,8 @@ static void on_deadline(void *ctx)
 static void on_heartbeat(void *ctx)
 {
     relay *r = ctx;
+    if (r->tapped)
+        return; /* a tapped stream has no client of its own */
     static const char beat[] = "e\r\n: keep-alive\n\n\r\n";
     /* without chunked framing, the comment alone */
     struct iovec iov = r->client_chunked ? (struct iovec){(void *)beat, sizeof beat - 1}
@@ -565,6 +579,8 @@ static bool inspect_event_in(relay *r, const sse_event *ev)
         r->saw_done = true;
         return true;
     }
+    r->ev_content = (slice){NULL, 0};
+    r->ev_error = false;
     slice data = ev->data;
     if (ev->data_lines > 1) {
         size_t n = sse_join_data(ev->raw, NULL, 0);
@@ -582,6 +598,8 @@ static bool inspect_event_in(relay *r, const sse_event *ev)
     }
     rec->chunks++;
     r->content_deltas += info.has_content;
+    r->ev_content = info.content;
+    r->ev_error = info.is_error;
     if (info.is_error)
         scrub((char *)ev->raw.ptr, ev->raw.len, &r->secrets); /* the event lies in our read buffer */
     if (info.has_usage) {
@@ -607,8 +625,42 @@ static int flush_frame(relay *r, sse_frame *f, bool last)
 
 /* Relays every complete event in the pending region, in one chunk; with
  * `last` the body's end goes in the same write. */
+/* A tapped stream: each kept event to the tap. One it has no room for
+ * stays in the buffer, uncounted, until relay_resume. */
+static void tap_events(relay *r, bool at_eof)
+{
+    sse_event ev;
+    access_record *rec = r->req->record;
+    while (r->dec_start < r->dec_end || at_eof) {
+        if (!sse_next_event(&r->sse, r->buf + r->dec_start, r->dec_end - r->dec_start, at_eof, &ev))
+            break;
+        uint64_t chunks = rec->chunks, deltas = r->content_deltas;
+        arena_mark mark = arena_mark_now(r->arena);
+        bool taken = true;
+        if (inspect_event_in(r, &ev)) {
+            relay_event out = {.raw = ev.raw, .content = r->ev_content, .done = sse_is_done(&ev),
+                               .is_error = r->ev_error, .unterminated = ev.unterminated};
+            taken = r->req->tap->event(r->req->tap_ctx, &out);
+        }
+        arena_rewind(r->arena, mark);
+        if (!taken) { /* offered again later: count it then */
+            rec->chunks = chunks;
+            r->content_deltas = deltas;
+            r->tap_full = true;
+            return;
+        }
+        r->dec_start += ev.consumed;
+        if (ev.unterminated)
+            break;
+    }
+}
+
 static int relay_events(relay *r, bool at_eof, bool last)
 {
+    if (r->tapped) {
+        tap_events(r, at_eof);
+        return 0;
+    }
     sse_frame f;
     sse_frame_begin(&f, r->head_sent ? (slice){NULL, 0} : r->client_head, r->client_chunked);
     bool head_pending = !r->head_sent;
@@ -689,6 +741,13 @@ static void compact(relay *r)
 
 static void end_of_answer(relay *r)
 {
+    if (r->tapped) {
+        r->req->record->status = r->res.status;
+        r->upstream_reusable = r->res.keep_alive && r->body_complete && r->raw_start == r->len;
+        r->req->tap->ended(r->req->tap_ctx, NULL, NULL);
+        finish(r, true);
+        return;
+    }
     bool stream = r->state == RELAY_STREAM;
     bool unsized = r->res.body_kind != HTTP_BODY_LENGTH && r->res.body_kind != HTTP_BODY_NONE &&
                    r->req->http->method != HTTP_HEAD;
@@ -794,6 +853,10 @@ static bool process_body(relay *r, bool at_eof)
     int rc = r->state == RELAY_STREAM ? relay_events(r, at_eof || last, last) : relay_passthrough(r, last);
     if (rc != 0)
         return false; /* the client is gone; the server aborts us */
+    if (r->tap_full) {
+        compact(r);
+        return true; /* relay_resume goes on */
+    }
     if (r->body_complete) {
         if (r->retain)
             read_answer_usage(r);
@@ -914,6 +977,10 @@ static bool process_head(relay *r)
         return false;
     }
     r->state = stream ? RELAY_STREAM : RELAY_BODY;
+    if (stream && status == 200 && r->req->tap && r->req->tap->begin(r->req->tap_ctx, &r->res)) {
+        r->tapped = true;
+        r->head_sent = true; /* from here on the stream is the tap's: no retry */
+    }
     if (stream) {
         r->streaming = true;
         metrics_gauge_streams(r->env->metrics, 1);
@@ -1458,6 +1525,11 @@ void relay_resume(relay *r)
 {
     if (r->state != RELAY_STREAM && r->state != RELAY_BODY)
         return;
+    if (r->tap_full) {
+        r->tap_full = false;
+        if (!process_body(r, false))
+            return;
+    }
     want_io(r);
     /* Bytes may already wait in the TLS engine, where epoll cannot see them. */
     if (r->up && upstream_is_tls(r->up))

@@ -36,6 +36,25 @@ typedef struct relay_sink {
     void (*upload_more)(void *client);
 } relay_sink;
 
+/* A stream that outlives its client (§7) takes the events instead of a
+ * client: the relay offers each one as the upstream framed it. */
+typedef struct relay_event {
+    slice raw;      /* the whole event, blank line included (unless `unterminated`) */
+    slice content;  /* a content delta's text, still JSON-escaped; empty when none */
+    bool done;      /* data: [DONE] */
+    bool is_error;  /* an {"error":...} event */
+    bool unterminated;
+} relay_event;
+
+typedef struct relay_tap {
+    /* A 200 event stream's head arrived: true to take its events from here on. */
+    bool (*begin)(void *ctx, const http_response *res);
+    /* One event; false when there is no room now: it is offered again after relay_resume. */
+    bool (*event)(void *ctx, const relay_event *ev);
+    /* The stream ended: whole (message NULL) or with the §6 error it ended on. */
+    void (*ended)(void *ctx, const char *message, const char *code);
+} relay_tap;
+
 typedef struct relay_env {
     loop *loop;
     const config *cfg;
@@ -57,6 +76,8 @@ typedef struct relay_request {
     access_record *record; /* the relay fills status, model, upstream, timings, counts, error */
     bool holds_stream;     /* out: a stream slot of the caller's limit was taken */
     bool upload;           /* the body is not here: it streams in through relay_upload */
+    const relay_tap *tap;  /* NULL, or who takes a stream's events instead of the client */
+    void *tap_ctx;
 } relay_request;
 
 typedef struct relay relay;

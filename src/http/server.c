@@ -21,6 +21,7 @@
 #include "gateway/json.h"
 #include "gateway/keys.h"
 #include "gateway/metrics.h"
+#include "gateway/resume.h"
 #include "core/log.h"
 #include "gateway/relay.h"
 #include "core/wbuf.h"
@@ -52,6 +53,7 @@ struct server {
     const config *cfg;
     generation *gen; /* the configuration new requests start on */
     metrics *metrics;
+    resume_hub *resume;
     retry_rng rng;
     relay_env env;
     int listen_fd;
@@ -95,6 +97,8 @@ struct client {
     auth_identity caller;
     bool has_caller;
     generation *gen; /* held from routing to the request's end */
+    resume_reader *reader; /* this request reads a resumable stream */
+    bool delegated;        /* its stream's job logs the request line */
 
     /* a body that is not JSON, streamed up as it arrives (§4) */
     bool uploading;       /* this request's body goes up through relay_upload */
@@ -341,6 +345,13 @@ static void log_request(client *c)
     r->path = c->req.path;
     r->client = c->has_caller ? slice_of(c->caller.name) : SLICE_LIT("anonymous");
     r->dur_ms = now_ms - c->started_ms;
+    if (c->delegated) { /* the stream's job writes this request's line when its upstream ends */
+        c->delegated = false;
+        c->in_request = false;
+        generation_release(c->gen);
+        c->gen = NULL;
+        return;
+    }
     uint64_t tokens = r->prompt_tokens + r->completion_tokens;
     if (c->has_caller) {
         auth_identity *who = &c->caller;
@@ -425,6 +436,7 @@ static void after_request(void *ctx)
 static void request_finished(client *c, bool reusable)
 {
     c->request_done = true;
+    c->reader = NULL; /* the hub frees it */
     /* an upload answered before its body was all read leaves bytes we cannot parse */
     c->reusable = reusable && c->req.keep_alive && (!c->uploading || c->up_done);
     loop_defer(c->srv->loop, &c->deferred, after_request, c);
@@ -456,6 +468,19 @@ static void sink_upload_more(void *ctx)
 }
 
 static const relay_sink sink = {sink_send, sink_pending, sink_error, sink_finished, sink_upload_more};
+
+/* A resumable stream's reader: what it sends counts toward this request. */
+static int reader_send(void *ctx, const struct iovec *iov, size_t count)
+{
+    client *c = ctx;
+    if (client_send(c, iov, count) != 0)
+        return -1;
+    for (size_t i = 0; i < count; i++)
+        c->record.bytes_out += iov[i].iov_len;
+    return 0;
+}
+
+static const relay_sink reader_sink = {reader_send, sink_pending, sink_error, sink_finished, sink_upload_more};
 
 /* ---- routing ---- */
 
@@ -507,8 +532,9 @@ static uint64_t unix_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* §3: who is asking. False after answering 401 (or 503). */
-static bool authenticate(client *c)
+/* §3: who is asking. `fallback`: a credential from elsewhere when no header
+ * carries one (/chat/stream's key parameter). False after answering 401. */
+static bool authenticate_with(client *c, slice fallback)
 {
     server *s = c->srv;
     if (!c->gen)
@@ -516,7 +542,11 @@ static bool authenticate(client *c)
     if (!auth_required(c->gen->auth))
         return true;
     const char *why = NULL;
-    auth_status st = auth_check(c->gen->auth, c->req.headers, c->req.header_count, unix_now_ms(), &c->caller, &why);
+    bool malformed;
+    slice cred = auth_credential(c->req.headers, c->req.header_count, &malformed);
+    if (!cred.len && !malformed)
+        cred = fallback;
+    auth_status st = auth_check_credential(c->gen->auth, cred, malformed, unix_now_ms(), &c->caller, &why);
     if (st == AUTH_OK) {
         c->has_caller = true;
         return true;
@@ -546,6 +576,8 @@ static bool authenticate(client *c)
     return false;
 }
 
+static bool authenticate(client *c) { return authenticate_with(c, (slice){NULL, 0}); }
+
 /* /metrics, behind a bearer token when one is configured (§8). */
 static void answer_metrics(client *c)
 {
@@ -571,6 +603,169 @@ static void answer_metrics(client *c)
     request_finished(c, true);
 }
 
+/* ---- resumable streams (§7) ---- */
+
+static bool is_resumable(const client *c)
+{
+    const http_header *h = http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("ssegate-resumable"));
+    return c->srv->cfg->resumable || (h && slice_eq(h->value, SLICE_LIT("1"))) ||
+           http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("last-event-id"));
+}
+
+static const char *owner_of(const client *c) { return c->has_caller ? c->caller.name : "anonymous"; }
+
+/* Last-Event-ID: the stream's events after it, from the ring; the upstream is not asked again. */
+static void resume_stream(client *c, slice last_event_id)
+{
+    int status = 0;
+    c->reader = resume_attach(c->srv->resume, last_event_id, owner_of(c), c->req.minor_version == 0, &reader_sink, c,
+                              &status);
+    c->record.resumed = true;
+    if (!c->reader) {
+        if (status == 409)
+            send_error(c, 409, "this stream's events at that position are no longer kept; ask again",
+                       "invalid_request_error", "stream_position_lost", !c->req.keep_alive);
+        else
+            send_error(c, 404, "no such stream: it is unknown, expired, or not yours", "invalid_request_error",
+                       "stream_not_found", !c->req.keep_alive);
+        request_finished(c, true);
+        return;
+    }
+    c->record.status = 200;
+    c->state = CLIENT_RELAYING;
+    update_interest(c);
+}
+
+/* A resumable request: its relay and its events outlive this connection.
+ * `synthetic`: the request to send upstream when it is not the client's
+ * own (/chat/stream), with its body in c->body. */
+static void start_resumable(client *c, const http_request *synthetic)
+{
+    const http_header *lei = http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("last-event-id"));
+    if (lei) {
+        resume_stream(c, lei->value);
+        return;
+    }
+    make_traceparent(c);
+    c->record.bytes_in = c->req.head_len + c->body_len;
+    resume_request q = {.http = synthetic ? synthetic : &c->req, .body = c->body, .body_len = c->body_len,
+                        .req_id = slice_of(c->req_id), .traceparent = slice_of(c->traceparent), .gen = c->gen,
+                        .caller = c->has_caller ? &c->caller : NULL, .chat_stream = synthetic != NULL,
+                        .http10 = c->req.minor_version == 0};
+    c->has_caller = false; /* moved into the stream's job, which releases it */
+    c->delegated = true;
+    c->state = CLIENT_RELAYING;
+    c->reader = resume_start(c->srv->resume, &c->srv->env, &q, &reader_sink, c);
+    update_interest(c);
+}
+
+static int hex_value(char ch)
+{
+    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+}
+
+/* A query parameter's value, %-decoded ('+' is a space) into out. */
+static bool query_param(slice query, slice name, char *out, size_t cap, size_t *len)
+{
+    for (size_t i = 0; i < query.len;) {
+        const char *amp = memchr(query.ptr + i, '&', query.len - i);
+        size_t end = amp ? (size_t)(amp - query.ptr) : query.len;
+        slice pair = {query.ptr + i, end - i};
+        i = end + 1;
+        if (pair.len <= name.len || pair.ptr[name.len] != '=' || memcmp(pair.ptr, name.ptr, name.len) != 0)
+            continue;
+        size_t n = 0;
+        for (size_t k = name.len + 1; k < pair.len; k++) {
+            char ch = pair.ptr[k];
+            if (ch == '+')
+                ch = ' ';
+            else if (ch == '%') {
+                int hi = k + 2 < pair.len ? hex_value(pair.ptr[k + 1]) : -1, lo = hi >= 0 ? hex_value(pair.ptr[k + 2]) : -1;
+                if (lo < 0)
+                    return false;
+                ch = (char)(hi * 16 + lo);
+                k += 2;
+            }
+            if (n == cap)
+                return false;
+            out[n++] = ch;
+        }
+        *len = n;
+        return true;
+    }
+    return false;
+}
+
+/* The model /chat/stream asks for when the URL names none. */
+static const char *default_model(const server *s)
+{
+    const config_gen *routes = s->gen->routes;
+    for (size_t i = 0; i < routes->upstream_count; i++)
+        if (routes->upstreams[i].model_count)
+            return routes->upstreams[i].models[0].ptr;
+    return s->cfg->demo ? "demo" : "gpt-4o-mini";
+}
+
+/* GET /chat/stream?q=...&model=... (§7): a one-message chat, streamed as
+ * message/done/error events for EventSource, always resumable. */
+static void chat_stream(client *c)
+{
+    enum { Q_MAX = 8192, MODEL_MAX = 256, KEY_MAX = 1024 };
+    char *q = arena_alloc(&c->arena, Q_MAX), model[MODEL_MAX], key[KEY_MAX];
+    size_t q_len = 0, model_len = 0, key_len = 0;
+    bool has_key = query_param(c->req.query, SLICE_LIT("key"), key, sizeof key, &key_len);
+    if (!authenticate_with(c, has_key ? (slice){key, key_len} : (slice){NULL, 0}))
+        return;
+    explicit_bzero(key, sizeof key);
+    if (http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("last-event-id"))) {
+        start_resumable(c, &c->req);
+        return;
+    }
+    if (!q || !query_param(c->req.query, SLICE_LIT("q"), q, Q_MAX, &q_len) || q_len == 0) {
+        reject(c, 400, "/chat/stream needs a question: ?q=...", "missing_question");
+        return;
+    }
+    if (!query_param(c->req.query, SLICE_LIT("model"), model, sizeof model, &model_len) || model_len == 0) {
+        const char *m = default_model(c->srv);
+        model_len = strlen(m) < sizeof model ? strlen(m) : sizeof model - 1;
+        memcpy(model, m, model_len);
+    }
+    size_t cap = 6 * (q_len + model_len) + 256;
+    char *body = arena_alloc(&c->arena, cap);
+    static const char head[] = "POST /v1/chat/completions HTTP/1.1\r\nHost: ssegate\r\nContent-Type: application/json\r\n\r\n";
+    http_request *up = arena_alloc(&c->arena, sizeof *up);
+    size_t scanned = 0;
+    if (!body || !up ||
+        http_parse_request(head, sizeof head - 1, sizeof head, sizeof head, &scanned, up) != HTTP_PARSE_DONE) {
+        reject(c, 503, "out of memory", "internal_error");
+        return;
+    }
+    wbuf b = wbuf_over(body, cap);
+    wbuf_puts(&b, "{\"model\":\"");
+    wbuf_put_json_escaped(&b, (slice){model, model_len});
+    wbuf_puts(&b, "\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"");
+    wbuf_put_json_escaped(&b, (slice){q, q_len});
+    wbuf_puts(&b, "\"}]}");
+    c->body = body;
+    c->body_len = b.len;
+    start_resumable(c, up);
+}
+
+/* DELETE /streams/TOKEN: the page's Stop, for a stream that would otherwise
+ * wait out its replay window for a client to come back. */
+static void cancel_stream(client *c, slice token)
+{
+    if (!authenticate(c))
+        return;
+    if (resume_cancel(c->srv->resume, token, owner_of(c)) != 0) {
+        reject(c, 404, "no such stream: it is unknown, expired, or not yours", "stream_not_found");
+        return;
+    }
+    c->record.status = 204;
+    send_simple(c, 204, "application/json", (slice){NULL, 0}, !c->req.keep_alive, NULL);
+    request_finished(c, true);
+}
+
 /* Routes a request whose head (and body) arrived. */
 static void dispatch(client *c)
 {
@@ -588,8 +783,20 @@ static void dispatch(client *c)
         return;
     }
     if (is_v1(path)) {
-        if (authenticate(c))
+        if (!authenticate(c))
+            return;
+        if (m == HTTP_POST && is_resumable(c))
+            start_resumable(c, NULL);
+        else
             start_relay(c);
+        return;
+    }
+    if (slice_eq(path, SLICE_LIT("/chat/stream")) && get) {
+        chat_stream(c);
+        return;
+    }
+    if (slice_starts_with(path, SLICE_LIT("/streams/")) && m == HTTP_DELETE) {
+        cancel_stream(c, (slice){path.ptr + 9, path.len - 9});
         return;
     }
     if (slice_eq(path, SLICE_LIT("/metrics")) && get)
@@ -943,6 +1150,10 @@ static void client_close(client *c)
     server *s = c->srv;
     if (c->fd < 0)
         return;
+    if (c->reader) {
+        resume_reader_gone(c->reader); /* the stream goes on for whoever comes back */
+        c->reader = NULL;
+    }
     if (c->relay && !c->request_done) {
         relay_abort(c->relay);
         s->active_requests--;
@@ -1130,6 +1341,8 @@ static void on_client_io(void *ctx, uint32_t events)
         }
         if (c->relay && !c->request_done && pending_out(c) < RELAY_CLIENT_HIGH_WATER)
             relay_resume(c->relay);
+        if (c->reader && !c->request_done && pending_out(c) < RELAY_CLIENT_HIGH_WATER)
+            resume_reader_drained(c->reader);
         update_interest(c);
     }
     if (!(events & (EPOLLIN | EPOLLRDHUP)))
@@ -1294,6 +1507,12 @@ server *server_new(loop *l, const config *cfg, generation *gen, metrics *m, cons
     s->cfg = cfg;
     s->gen = gen;
     s->metrics = m;
+    s->resume = resume_hub_new(l, cfg, m);
+    if (!s->resume) {
+        *why = "out of memory (or a --replay-buffer out of range)";
+        free(s);
+        return NULL;
+    }
     s->listen_fd = -1;
     s->in_buffers = (buffer_pool){.size = IN_BUFFER, .max_free = 1024};
     s->out_buffers = (buffer_pool){.size = OUT_BUFFER, .max_free = 16};
@@ -1368,6 +1587,7 @@ void server_free(server *s)
         loop_io_del(s->loop, &s->listen_io);
         close(s->listen_fd);
     }
+    resume_hub_free(s->resume);
     generation_release(s->gen);
     s->gen = NULL;
     pool_drain(&s->in_buffers);
