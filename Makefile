@@ -40,6 +40,24 @@ build/libssegate.a: $(LIB_OBJ)
 build/libssegate-asan.a: $(SAN_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
+# The built-in chat page: src/web/* as byte arrays in build/gen/web_assets.c
+# (tools/embed.c), compiled into both libraries.
+WEB_FILES := $(sort $(wildcard src/web/*))
+build/embed: tools/embed.c
+	@mkdir -p $(@D)
+	$(CC) -std=c17 $(WARN) -O2 -o $@ $<
+build/gen/web_assets.c: build/embed $(WEB_FILES)
+	@mkdir -p $(@D)
+	build/embed $@ $(WEB_FILES)
+build/obj/gen/web_assets.o: build/gen/web_assets.c src/http/page.h $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+build/asan/gen/web_assets.o: build/gen/web_assets.c src/http/page.h $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -std=c17 $(WARN) $(SAN_FLAGS) -c $< -o $@
+build/libssegate.a: build/obj/gen/web_assets.o
+build/libssegate-asan.a: build/asan/gen/web_assets.o
+
 # Static, unused sections dropped, symbols stripped: the binary users ship.
 ssegate: build/obj/main.o build/libssegate.a
 	$(CC) -static $(CFLAGS) -Wl,--gc-sections -s -o $@ $^ $(LDLIBS)
@@ -69,6 +87,7 @@ test: $(TEST_BINS)
 	  "integration::$(PYTHON) tests/integration/run.py --gateway ./ssegate --mock tools/mock-upstream" \
 	  "sdk::tests/sdk/run.sh ./ssegate tools/mock-upstream" \
 	  "deploy::tests/deploy/run.sh ./ssegate" \
+	  "browser::tests/browser/run.sh ./ssegate tools/mock-upstream" \
 	  "unit-asan::./build/unit-tests-asan" \
 	  "integration-asan::$(PYTHON) tests/integration/run.py --gateway build/ssegate-asan --mock build/mock-upstream-asan"
 

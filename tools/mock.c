@@ -17,6 +17,7 @@ static void usage(FILE *to)
     fputs("usage: mock-upstream --listen HOST:PORT [--tls-cert chain.pem --tls-key key.pem]\n"
           "                     [--chunks N (default 8)] [--delay-ms D (default 0)] [--expect-key K]\n"
           "                     [--fail STATUS (every /v1 request gets it: a failing upstream)]\n"
+          "                     [--reply-text TEXT (word tokens instead of the tok<i> rule)]\n"
           "Serves OpenAI's wire format; per request, X-Mock-Chunks, X-Mock-Delay-Ms,\n"
           "X-Mock-Fault and X-Mock-Usage override; GET /_mock/stats and /_mock/last\n"
           "report what it saw.\n",
@@ -44,7 +45,7 @@ static void on_signal(void *ctx, int signo)
 
 int main(int argc, char **argv)
 {
-    const char *listen_addr = "127.0.0.1:0", *cert = NULL, *key = NULL, *expect_key = NULL;
+    const char *listen_addr = "127.0.0.1:0", *cert = NULL, *key = NULL, *expect_key = NULL, *reply_text = NULL;
     unsigned long long chunks = 8, delay_ms = 0, fail = 0;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -66,6 +67,8 @@ int main(int argc, char **argv)
             key = val;
         else if (!strcmp(arg, "--expect-key"))
             expect_key = val;
+        else if (!strcmp(arg, "--reply-text"))
+            reply_text = val;
         else if (!strcmp(arg, "--chunks")) {
             if (!parse_count(val, 1000000, &chunks)) {
                 fprintf(stderr, "mock-upstream: --chunks must be 0..1000000\n");
@@ -113,6 +116,7 @@ int main(int argc, char **argv)
     fakeai_config cfg = {
         .chunks = (size_t)chunks,
         .delay_ms = (uint64_t)delay_ms,
+        .reply_text = reply_text,
         .model = "gpt-4o-mini",
         .expect_key = expect_key,
         .tls = cred,

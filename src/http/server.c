@@ -17,6 +17,7 @@
 
 #include "core/arena.h"
 #include "http/http.h"
+#include "http/page.h"
 #include "gateway/auth.h"
 #include "gateway/json.h"
 #include "gateway/keys.h"
@@ -244,7 +245,7 @@ static void send_simple(client *c, int status, const char *content_type, slice b
     if (close)
         wbuf_puts(&b, "\r\nConnection: close");
     wbuf_puts(&b, "\r\n\r\n");
-    bool head_only = c->in_request && c->req.method == HTTP_HEAD;
+    bool head_only = (c->in_request && c->req.method == HTTP_HEAD) || status == 304;
     struct iovec iov[2] = {{mem, b.len}, {(void *)body.ptr, head_only ? 0 : body.len}};
     if (client_send(c, iov, 2) == 0)
         c->record.bytes_out += b.len + iov[1].iov_len;
@@ -766,6 +767,20 @@ static void cancel_stream(client *c, slice token)
     request_finished(c, true);
 }
 
+/* The built-in page and its assets; 304 when the client's copy is current. */
+static void answer_page(client *c, const page_asset *a)
+{
+    const http_header *inm = http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("if-none-match"));
+    int status = inm && page_not_modified(a, inm->value) ? 304 : 200;
+    char extra[PAGE_HEADERS_MAX + 1];
+    wbuf b = wbuf_over(extra, PAGE_HEADERS_MAX);
+    page_put_headers(&b, a);
+    extra[b.len] = '\0';
+    c->record.status = status;
+    send_simple(c, status, a->content_type, a->body, !c->req.keep_alive, extra);
+    request_finished(c, true);
+}
+
 /* Routes a request whose head (and body) arrived. */
 static void dispatch(client *c)
 {
@@ -799,7 +814,12 @@ static void dispatch(client *c)
         cancel_stream(c, (slice){path.ptr + 9, path.len - 9});
         return;
     }
-    if (slice_eq(path, SLICE_LIT("/metrics")) && get)
+    const page_asset *asset = page_find(path);
+    if (asset && get)
+        answer_page(c, asset);
+    else if (asset)
+        reject(c, 405, "method not allowed", "method_not_allowed");
+    else if (slice_eq(path, SLICE_LIT("/metrics")) && get)
         answer_metrics(c);
     else if (slice_eq(path, SLICE_LIT("/ping")) && get)
         answer_json(c, 200, "{\"message\":\"pong\"}");

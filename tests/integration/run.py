@@ -2564,8 +2564,9 @@ def sanitizer_report():
 def serve(args):
     """Starts a plaintext mock and a gateway with client keys (sk-sdk-good-0123456789,
     and sk-sdk-rpm-0123456789 limited to 60 requests a minute), prints the gateway's
-    port, runs until stdin closes (or SIGTERM, or --serve-seconds)."""
-    mock = Mock(args.mock, 'mock-serve')
+    port, runs until stdin closes (or SIGTERM, or --serve-seconds). --serve-no-keys leaves
+    client auth off; --serve-mock-arg passes an argument on to the mock."""
+    mock = Mock(args.mock, 'mock-serve', extra=args.serve_mock_arg)
     # client keys the SDK suite knows: one without limits, one at 60 requests a minute
     keys_dir = tempfile.mkdtemp(prefix='ssegate-serve-')
     keys = os.path.join(keys_dir, 'keys')
@@ -2573,7 +2574,8 @@ def serve(args):
         f.write('sk-sdk-good-0123456789 sdk\nsk-sdk-rpm-0123456789 sdk-rpm 60 - -\n')
     try:
         gw = Gateway(args.gateway, 'gw-serve', 'http://127.0.0.1:%d/v1' % mock.port, None,
-                     ['--first-byte-timeout', '5s', '--idle-timeout', '5s', '--retries', '0', '--keys-file', keys])
+                     ['--first-byte-timeout', '5s', '--idle-timeout', '5s', '--retries', '0']
+                     + ([] if args.serve_no_keys else ['--keys-file', keys]))
     finally:
         import shutil
         shutil.rmtree(keys_dir, ignore_errors=True)
@@ -2623,6 +2625,8 @@ def main():
     ap.add_argument('--budget', type=float, default=SUITE_BUDGET_S, help='whole-suite time limit, seconds')
     ap.add_argument('--serve', action='store_true')
     ap.add_argument('--serve-seconds', type=float, default=600)
+    ap.add_argument('--serve-no-keys', action='store_true', help='--serve: no client auth')
+    ap.add_argument('--serve-mock-arg', action='append', default=[], help='--serve: an argument for the mock')
     ap.add_argument('-v', '--verbose', action='store_true', help='print gateway stderr tails on failure')
     args = ap.parse_args()
 
