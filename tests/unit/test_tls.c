@@ -13,13 +13,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "core/arena.h"
 #include "demo/fakeai.h"
 #include "core/loop.h"
+#include "upstream/upstream.h"
 
 /* ---- fixture: certificates ------------------------------------------------ */
 
@@ -1274,4 +1277,327 @@ TEST(tls_version_errors)
     version_reply(hello, n, msg, sizeof msg);
     CHECK(strstr(msg, "no TLS version in common") != NULL);
     CHECK(strstr(msg, "1.3") == NULL);
+}
+
+/* ---- upstream.c: the TLS cold start ------------------------------------- */
+
+/* An owner of one upstream connection: writes a request once ready, reads
+ * until the end of the answer's head. */
+typedef struct {
+    upstream_conn *up;
+    bool ready, failed, done, resumed;
+    upstream_failure kind;
+    bool saw_first; /* when ready, watched_target had a first handshake in flight */
+    char message[512];
+    size_t sent, got;
+    char in[4096];
+} owner;
+
+static const char owner_request[] = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
+
+static void owner_drive(owner *o)
+{
+    while (o->sent < sizeof owner_request - 1) {
+        struct iovec iov = { (char *)owner_request + o->sent, sizeof owner_request - 1 - o->sent };
+        ssize_t n = upstream_writev(o->up, &iov, 1);
+        if (n < 0) {
+            o->failed = errno != EAGAIN;
+            if (!o->failed)
+                upstream_want(o->up, false, true);
+            return;
+        }
+        o->sent += (size_t)n;
+    }
+    for (;;) {
+        ssize_t n = upstream_read(o->up, o->in + o->got, sizeof o->in - 1 - o->got);
+        if (n <= 0) {
+            o->failed = n == 0 || errno != EAGAIN;
+            if (!o->failed)
+                upstream_want(o->up, true, false);
+            return;
+        }
+        o->got += (size_t)n;
+        o->in[o->got] = '\0';
+        if (strstr(o->in, "\r\n\r\n") != NULL) {
+            o->done = true;
+            o->resumed = upstream_tls_resumed(o->up);
+            upstream_release(o->up, false);
+            o->up = NULL;
+            return;
+        }
+    }
+}
+
+static const upstream_target *watched_target;
+
+static void owner_ready(void *ctx)
+{
+    owner *o = ctx;
+    o->ready = true;
+    o->saw_first = watched_target != NULL && watched_target->tls_first != NULL;
+    owner_drive(o);
+}
+
+static void owner_io(void *ctx, uint32_t events)
+{
+    (void)events;
+    owner *o = ctx;
+    if (o->up != NULL && !o->done && !o->failed)
+        owner_drive(o);
+}
+
+static void owner_failed(void *ctx, upstream_failure kind, const char *message)
+{
+    owner *o = ctx;
+    o->up = NULL; /* upstream.c closed it */
+    o->failed = true;
+    o->kind = kind;
+    snprintf(o->message, sizeof o->message, "%s", message);
+}
+
+static const upstream_events owner_events = { owner_ready, owner_io, owner_failed };
+
+/* Runs the loop in small steps until done(o, n) or about `ms` pass. */
+static bool run_until(loop *l, bool (*done)(const owner *, size_t), const owner *o, size_t n, long ms)
+{
+    long deadline = now_ms() + ms;
+    while (!done(o, n)) {
+        if (now_ms() >= deadline)
+            return false;
+        run_loop_ms(l, 5);
+    }
+    return true;
+}
+
+static bool all_settled(const owner *o, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!o[i].done && !o[i].failed)
+            return false;
+    return true;
+}
+
+enum { COLD_OWNERS = 8 };
+
+/* Connections opened together to a fresh upstream: the first makes a full
+ * handshake, the others wait for it and resume its session. */
+TEST(upstream_tls_cold_start_resumes)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_server_cred *cred = tls_server_cred_load(fx("ip4-chain.pem"), fx("leaf.key"), &why);
+    loop *l = loop_new();
+    fakeai_config cfg = { .chunks = 1, .model = "m", .tls = cred };
+    fakeai *f = (cred && l) ? fakeai_start(l, "127.0.0.1:0", &cfg, &why) : NULL;
+    CHECK(f != NULL);
+    upstream_target t;
+    char base[96];
+    snprintf(base, sizeof base, "https://%s/v1", f ? fakeai_address(f) : "127.0.0.1:1");
+    bool target_ok = f && upstream_target_init(&t, base, NULL, fx("ca.pem"), &why) == 0;
+    CHECK(target_ok);
+    if (target_ok) {
+        static owner o[COLD_OWNERS];
+        memset(o, 0, sizeof o);
+        for (size_t i = 0; i < COLD_OWNERS; i++) {
+            o[i].up = upstream_open(&t, l, 5000, false, &owner_events, &o[i]);
+            CHECK(o[i].up != NULL);
+        }
+        CHECK(run_until(l, all_settled, o, COLD_OWNERS, 5000));
+        size_t full = 0, resumed = 0;
+        for (size_t i = 0; i < COLD_OWNERS; i++) {
+            CHECK(o[i].done && !o[i].failed);
+            CHECK(strncmp(o[i].in, "HTTP/1.1 200 ", 13) == 0);
+            if (o[i].done && o[i].resumed)
+                resumed++;
+            else if (o[i].done)
+                full++;
+        }
+        CHECK_EQ_SIZE(full, 1);
+        CHECK_EQ_SIZE(resumed, COLD_OWNERS - 1);
+        CHECK(tls_session_cache_ready(t.sessions));
+        CHECK(t.tls_first == NULL && t.tls_waiting == NULL && t.tls_waiting_count == 0);
+        run_loop_ms(l, 5); /* deferred frees */
+        upstream_target_free(&t, l);
+    }
+    fakeai_stop(f);
+    run_loop_ms(l, 5);
+    loop_free(l);
+    tls_server_cred_free(cred);
+    arena_release_cached();
+}
+
+static bool first_settled(const owner *o, size_t n)
+{
+    return all_settled(o + 1, n - 1);
+}
+
+static bool all_ready(const owner *o, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!o[i].ready)
+            return false;
+    return true;
+}
+
+/* An upstream that completes TCP but never answers the ClientHello: the
+ * waiting connections give up on their own connect timeout and say why,
+ * and once the first is given up, the waiting ones go on by themselves. */
+TEST(upstream_tls_cold_start_wait_bounded)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    int hole = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    socklen_t sl = sizeof sa;
+    bool listening = hole >= 0 && bind(hole, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+                     listen(hole, 16) == 0 && getsockname(hole, (struct sockaddr *)&sa, &sl) == 0;
+    CHECK(listening);
+    loop *l = loop_new();
+    upstream_target t;
+    char base[96];
+    snprintf(base, sizeof base, "https://127.0.0.1:%u/v1", (unsigned)ntohs(sa.sin_port));
+    const char *why = NULL;
+    bool target_ok = listening && l && upstream_target_init(&t, base, NULL, fx("ca.pem"), &why) == 0;
+    CHECK(target_ok);
+    if (target_ok) {
+        static owner o[3];
+        memset(o, 0, sizeof o);
+        long t0 = now_ms();
+        for (size_t i = 0; i < 3; i++)
+            o[i].up = upstream_open(&t, l, 150, false, &owner_events, &o[i]);
+        CHECK(run_until(l, first_settled, o, 3, 3000));
+        long took = now_ms() - t0;
+        CHECK(o[0].ready && !o[0].failed && !o[0].done); /* sent its hello, waits on */
+        for (size_t i = 1; i < 3; i++) {
+            CHECK(!o[i].ready && o[i].failed && o[i].kind == UPSTREAM_FAIL_CONNECT_TIMEOUT);
+            CHECK(strstr(o[i].message, "timed out waiting for the first TLS handshake") != NULL);
+        }
+        CHECK(took >= 140 && took < 1000);
+        CHECK(t.tls_first == o[0].up && t.tls_waiting_count == 0);
+
+        /* Two more wait; when the first is given up they start their own. */
+        static owner w[2];
+        memset(w, 0, sizeof w);
+        for (size_t i = 0; i < 2; i++)
+            w[i].up = upstream_open(&t, l, 5000, false, &owner_events, &w[i]);
+        run_loop_ms(l, 50);
+        CHECK(!w[0].ready && !w[1].ready && t.tls_waiting_count == 2);
+        upstream_release(o[0].up, false);
+        o[0].up = NULL;
+        CHECK(t.tls_first == NULL && t.tls_waiting_count == 0);
+        CHECK(run_until(l, all_ready, w, 2, 1000));
+        for (size_t i = 0; i < 2; i++) {
+            CHECK(w[i].ready && !w[i].failed);
+            if (w[i].up)
+                upstream_release(w[i].up, false);
+        }
+        run_loop_ms(l, 5);
+        upstream_target_free(&t, l);
+    }
+    if (hole >= 0)
+        close(hole);
+    loop_free(l);
+}
+
+/* openssl s_server with `extra` options on an ephemeral port of 127.0.0.1;
+ * returns its pid (port in *port), or -1. */
+static pid_t start_s_server(const char *const *extra, size_t n_extra, unsigned *port)
+{
+    int out[2];
+    if (pipe(out) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        const char *argv[24] = { "openssl", "s_server", "-accept", "127.0.0.1:0",
+                                 "-cert", fx("ip4.pem"), "-key", fx("leaf.key") };
+        size_t argc = 8;
+        for (size_t i = 0; i < n_extra && argc < 23; i++)
+            argv[argc++] = extra[i];
+        dup2(out[1], 1);
+        dup2(out[1], 2);
+        close(out[0]);
+        close(out[1]);
+        execvp("openssl", (char *const *)argv);
+        _exit(127);
+    }
+    close(out[1]);
+    /* "ACCEPT 127.0.0.1:PORT" within 5 s */
+    char buf[512];
+    size_t len = 0;
+    long deadline = now_ms() + 5000;
+    *port = 0;
+    while (pid > 0 && *port == 0 && len < sizeof buf - 1 && now_ms() < deadline) {
+        struct pollfd pf = { out[0], POLLIN, 0 };
+        if (poll(&pf, 1, 100) <= 0)
+            continue;
+        ssize_t n = read(out[0], buf + len, sizeof buf - 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = '\0';
+        const char *a = strstr(buf, "ACCEPT 127.0.0.1:");
+        if (a != NULL && strchr(a, '\n') != NULL)
+            *port = (unsigned)atoi(a + 17);
+    }
+    close(out[0]);
+    if (pid > 0 && *port == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    return pid;
+}
+
+static void stop_s_server(pid_t pid)
+{
+    if (pid > 0) {
+        kill(pid, SIGTERM);
+        waitpid(pid, NULL, 0);
+    }
+}
+
+/* A server that hands out no session ids (OpenSSL without its session cache
+ * or tickets): after the first handshake shows it, nobody waits again, since
+ * there would be nothing to resume. */
+TEST(upstream_tls_sessionless_server_not_waited_for)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    static const char *const opts[] = { "-tls1_2", "-no_cache", "-no_ticket", "-www" };
+    unsigned port = 0;
+    pid_t server = start_s_server(opts, sizeof opts / sizeof opts[0], &port);
+    CHECK(server > 0);
+    loop *l = loop_new();
+    upstream_target t;
+    char base[96];
+    snprintf(base, sizeof base, "https://127.0.0.1:%u/v1", port);
+    const char *why = NULL;
+    bool target_ok = server > 0 && l && upstream_target_init(&t, base, NULL, fx("ca.pem"), &why) == 0;
+    CHECK(target_ok);
+    if (target_ok) {
+        static owner o[4];
+        memset(o, 0, sizeof o);
+        o[0].up = upstream_open(&t, l, 5000, false, &owner_events, &o[0]);
+        CHECK(run_until(l, all_settled, o, 1, 5000));
+        CHECK(o[0].done && !o[0].resumed && strncmp(o[0].in, "HTTP/1.0 200 ", 13) == 0);
+        CHECK(!tls_session_cache_ready(t.sessions));
+        CHECK(t.tls_sessionless && t.tls_first == NULL);
+        for (size_t i = 1; i < 4; i++)
+            o[i].up = upstream_open(&t, l, 5000, false, &owner_events, &o[i]);
+        watched_target = &t;
+        CHECK(run_until(l, all_settled, o, 4, 5000));
+        watched_target = NULL;
+        for (size_t i = 1; i < 4; i++) /* each went its own way at once */
+            CHECK(o[i].done && !o[i].resumed && !o[i].saw_first);
+        CHECK(t.tls_waiting_count == 0);
+        run_loop_ms(l, 5);
+        upstream_target_free(&t, l);
+    }
+    stop_s_server(server);
+    loop_free(l);
 }
