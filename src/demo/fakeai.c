@@ -161,6 +161,8 @@ struct fakeai {
     char *last; /* the last /v1 request: its head, then its decoded body */
     size_t last_head_len, last_body_len, last_cap;
     char last_request_id[4 + REQUEST_ID_HEX + 1]; /* what its answer carried */
+    char last_sni[256]; /* the SNI name its connection's client sent */
+    bool last_tls;
     bool have_last;
 };
 
@@ -846,7 +848,7 @@ static void answer_last(conn *c)
         return;
     }
     wbuf b;
-    if (!fixed_begin(c, 256 + 6 * (f->last_head_len + f->last_body_len), &b)) {
+    if (!fixed_begin(c, 256 + 6 * (f->last_head_len + f->last_body_len + sizeof f->last_sni), &b)) {
         free(req);
         return;
     }
@@ -870,7 +872,13 @@ static void answer_last(conn *c)
     wbuf_put_json_escaped(&b, (slice){f->last + f->last_head_len, f->last_body_len});
     wbuf_puts(&b, "\",\"request_id\":\"");
     wbuf_puts(&b, f->last_request_id);
-    wbuf_puts(&b, "\"}");
+    /* null over plain HTTP, "" when a TLS client sent no SNI */
+    wbuf_puts(&b, f->last_tls ? "\",\"tls_server_name\":\"" : "\",\"tls_server_name\":null");
+    if (f->last_tls) {
+        wbuf_put_json_escaped(&b, slice_of(f->last_sni));
+        wbuf_put_char(&b, '"');
+    }
+    wbuf_puts(&b, "}");
     free(req);
     fixed_end(c, &b, 200, "application/json", (slice){NULL, 0});
 }
@@ -931,6 +939,8 @@ static void remember_last(fakeai *f, const conn *c, slice body)
     f->last_head_len = c->head_len;
     f->last_body_len = body.len;
     memcpy(f->last_request_id, c->request_id, sizeof f->last_request_id);
+    f->last_tls = c->tls != NULL;
+    snprintf(f->last_sni, sizeof f->last_sni, "%s", c->tls ? tls_server_name(c->tls) : "");
     f->have_last = true;
 }
 

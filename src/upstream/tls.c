@@ -7,6 +7,7 @@
 #pragma GCC diagnostic ignored "-Wconversion"
 #include <bearssl.h>
 #pragma GCC diagnostic pop
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -58,11 +59,38 @@ struct tls_session_cache {
     bool valid;
 };
 
+/* Hosts given as an IP address: BearSSL's minimal engine matches DNS names
+ * only, so it validates the chain with no name while this wrapper keeps the
+ * end-entity certificate and looks for the address among its iPAddress
+ * subjectAltNames. */
+enum { IP_CERT_MAX = 65536 }; /* larger end-entity certificates are refused */
+
+typedef enum ip_outcome {
+    IP_PENDING,   /* no chain checked yet */
+    IP_MATCH,
+    IP_NO_MATCH,
+    IP_MALFORMED, /* the subjectAltName does not parse */
+    IP_TOO_LARGE, /* over IP_CERT_MAX, or no memory to hold it */
+} ip_outcome;
+
+struct ip_verifier {
+    const br_x509_class *vtable; /* first: BearSSL passes &vtable */
+    br_x509_minimal_context *inner;
+    unsigned char ip[16];
+    size_t ip_len; /* 4 or 16; 0 when the host is a name */
+    uint32_t certs_started;
+    unsigned char *ee; /* the end-entity certificate while it arrives */
+    size_t ee_len, ee_cap;
+    bool ee_lost; /* too large or no memory: cannot be checked */
+    ip_outcome outcome;
+};
+
 struct tls_conn {
     union {
         struct {
             br_ssl_client_context cc;
             br_x509_minimal_context xc;
+            struct ip_verifier iv;
         } cli;
         br_ssl_server_context sc;
     } u;
@@ -77,6 +105,10 @@ struct tls_conn {
     tls_session_cache *cache;
     unsigned char offered_id[32];
     size_t offered_len;
+    /* The start of the server's first flight (record header, handshake
+     * header, version), kept to tell why a version was refused. */
+    unsigned char hello_head[11];
+    size_t hello_seen;
     char server_name[256];
     char err[320];
     size_t rpos, rlen; /* unconsumed socket bytes in rbuf */
@@ -107,6 +139,213 @@ static int server_cache_load(const br_ssl_session_cache_class **ctx, br_ssl_serv
 
 static const br_ssl_session_cache_class server_cache_class = {
     sizeof(struct server_cache), server_cache_save, server_cache_load};
+
+/* ---- addresses in certificates ----------------------------------------- */
+
+/* A bounded view of DER bytes still to read. */
+typedef struct der_cursor {
+    const unsigned char *p;
+    size_t left;
+} der_cursor;
+
+enum {
+    DER_BOOLEAN = 0x01,
+    DER_OCTET_STRING = 0x04,
+    DER_OID = 0x06,
+    DER_SEQUENCE = 0x30,
+    DER_EXTENSIONS = 0xA3, /* [3] EXPLICIT in TBSCertificate */
+    DER_SAN_IP = 0x87,     /* GeneralName iPAddress, [7] IMPLICIT OCTET STRING */
+};
+
+/* Takes one element off `cur`: its tag byte and its contents. Refuses
+ * multi-byte tags, indefinite lengths, lengths of more than four bytes and
+ * contents that run past what is left. */
+static bool der_take(der_cursor *cur, unsigned char *tag, der_cursor *contents)
+{
+    if (cur->left < 2 || (cur->p[0] & 0x1F) == 0x1F)
+        return false;
+    size_t head = 2, len = cur->p[1];
+    if (len & 0x80) {
+        size_t n = len & 0x7F;
+        if (n == 0 || n > 4 || cur->left - 2 < n)
+            return false;
+        len = 0;
+        for (size_t i = 0; i < n; i++)
+            len = len << 8 | cur->p[2 + i];
+        head += n;
+    }
+    if (cur->left - head < len)
+        return false;
+    *tag = cur->p[0];
+    contents->p = cur->p + head;
+    contents->left = len;
+    cur->p += head + len;
+    cur->left -= head + len;
+    return true;
+}
+
+/* GeneralNames (a non-empty SEQUENCE OF GeneralName) inside the extension's
+ * OCTET STRING. Every entry is read, so a broken one is never skipped by
+ * an early match. */
+static tls_san_check san_names_have_ip(der_cursor value, const unsigned char *ip, size_t ip_len)
+{
+    unsigned char tag;
+    der_cursor names, name;
+    if (!der_take(&value, &tag, &names) || tag != DER_SEQUENCE || value.left != 0 || names.left == 0)
+        return TLS_SAN_MALFORMED;
+    bool found = false;
+    while (names.left > 0) {
+        if (!der_take(&names, &tag, &name))
+            return TLS_SAN_MALFORMED;
+        if (tag != DER_SAN_IP)
+            continue;
+        /* RFC 5280 §4.2.1.6: four octets for IPv4, sixteen for IPv6. */
+        if (name.left != 4 && name.left != 16)
+            return TLS_SAN_MALFORMED;
+        if (name.left == ip_len && memcmp(name.p, ip, ip_len) == 0)
+            found = true;
+    }
+    return found ? TLS_SAN_MATCH : TLS_SAN_NO_MATCH;
+}
+
+tls_san_check tls_cert_san_has_ip(const unsigned char *der, size_t len, const unsigned char *ip,
+                                  size_t ip_len)
+{
+    static const unsigned char san_oid[] = { 0x55, 0x1D, 0x11 }; /* 2.5.29.17 */
+    der_cursor in = { der, len }, cert, tbs, field;
+    unsigned char tag;
+    if (!der_take(&in, &tag, &cert) || tag != DER_SEQUENCE || in.left != 0)
+        return TLS_SAN_MALFORMED;
+    if (!der_take(&cert, &tag, &tbs) || tag != DER_SEQUENCE)
+        return TLS_SAN_MALFORMED;
+    /* Version, serial, algorithm, names, validity, key and unique ids come
+     * first; the extensions, when present, are the last field. */
+    bool have_extensions = false;
+    while (tbs.left > 0 && !have_extensions) {
+        if (!der_take(&tbs, &tag, &field))
+            return TLS_SAN_MALFORMED;
+        have_extensions = tag == DER_EXTENSIONS;
+    }
+    if (!have_extensions)
+        return TLS_SAN_NO_MATCH;
+    der_cursor list;
+    if (!der_take(&field, &tag, &list) || tag != DER_SEQUENCE || field.left != 0)
+        return TLS_SAN_MALFORMED;
+    tls_san_check result = TLS_SAN_NO_MATCH;
+    bool seen = false;
+    while (list.left > 0) {
+        der_cursor ext, oid, value;
+        if (!der_take(&list, &tag, &ext) || tag != DER_SEQUENCE)
+            return TLS_SAN_MALFORMED;
+        if (!der_take(&ext, &tag, &oid) || tag != DER_OID || !der_take(&ext, &tag, &value))
+            return TLS_SAN_MALFORMED;
+        if (tag == DER_BOOLEAN && (value.left != 1 || !der_take(&ext, &tag, &value)))
+            return TLS_SAN_MALFORMED; /* the critical flag, then the value */
+        if (tag != DER_OCTET_STRING || ext.left != 0)
+            return TLS_SAN_MALFORMED;
+        if (oid.left != sizeof san_oid || memcmp(oid.p, san_oid, sizeof san_oid) != 0)
+            continue;
+        if (seen) /* RFC 5280 §4.2: an extension appears at most once */
+            return TLS_SAN_MALFORMED;
+        seen = true;
+        result = san_names_have_ip(value, ip, ip_len);
+        if (result == TLS_SAN_MALFORMED)
+            return result;
+    }
+    return result;
+}
+
+/* The x509 class around the minimal engine (see struct ip_verifier). */
+
+static struct ip_verifier *verifier_of(const br_x509_class **ctx)
+{
+    return (struct ip_verifier *)(void *)ctx;
+}
+
+static void ee_drop(struct ip_verifier *v)
+{
+    free(v->ee);
+    v->ee = NULL;
+    v->ee_len = v->ee_cap = 0;
+}
+
+static void iv_start_chain(const br_x509_class **ctx, const char *server_name)
+{
+    (void)server_name; /* the engine has none to give for an address */
+    struct ip_verifier *v = verifier_of(ctx);
+    ee_drop(v);
+    v->certs_started = 0;
+    v->ee_lost = false;
+    v->outcome = IP_PENDING;
+    v->inner->vtable->start_chain(&v->inner->vtable, NULL);
+}
+
+static void iv_start_cert(const br_x509_class **ctx, uint32_t length)
+{
+    struct ip_verifier *v = verifier_of(ctx);
+    if (v->certs_started++ == 0) {
+        /* Only the end-entity certificate names the server; one
+         * allocation per full handshake, sized by the peer's own count. */
+        if (length > 0 && length <= IP_CERT_MAX)
+            v->ee = malloc(length);
+        if (v->ee != NULL)
+            v->ee_cap = length;
+        else
+            v->ee_lost = true;
+    }
+    v->inner->vtable->start_cert(&v->inner->vtable, length);
+}
+
+static void iv_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
+{
+    struct ip_verifier *v = verifier_of(ctx);
+    if (v->certs_started == 1 && v->ee != NULL) {
+        if (len > v->ee_cap - v->ee_len) {
+            v->ee_lost = true; /* more bytes than announced: the engine fails it too */
+            ee_drop(v);
+        } else {
+            memcpy(v->ee + v->ee_len, buf, len);
+            v->ee_len += len;
+        }
+    }
+    v->inner->vtable->append(&v->inner->vtable, buf, len);
+}
+
+static void iv_end_cert(const br_x509_class **ctx)
+{
+    struct ip_verifier *v = verifier_of(ctx);
+    v->inner->vtable->end_cert(&v->inner->vtable);
+}
+
+static unsigned iv_end_chain(const br_x509_class **ctx)
+{
+    struct ip_verifier *v = verifier_of(ctx);
+    unsigned err = v->inner->vtable->end_chain(&v->inner->vtable);
+    if (err == BR_ERR_OK) {
+        /* The chain is trusted; now whether it speaks for this address. */
+        if (v->ee_lost || v->ee == NULL)
+            v->outcome = IP_TOO_LARGE;
+        else {
+            tls_san_check r = tls_cert_san_has_ip(v->ee, v->ee_len, v->ip, v->ip_len);
+            v->outcome = r == TLS_SAN_MATCH ? IP_MATCH : r == TLS_SAN_NO_MATCH ? IP_NO_MATCH : IP_MALFORMED;
+        }
+        if (v->outcome != IP_MATCH)
+            err = BR_ERR_X509_BAD_SERVER_NAME;
+    }
+    ee_drop(v);
+    return err;
+}
+
+static const br_x509_pkey *iv_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
+{
+    const struct ip_verifier *v = (const struct ip_verifier *)(const void *)ctx;
+    return v->inner->vtable->get_pkey(&v->inner->vtable, usages);
+}
+
+static const br_x509_class ip_verifier_class = {
+    sizeof(struct ip_verifier), iv_start_chain, iv_start_cert, iv_append,
+    iv_end_cert,                iv_end_chain,   iv_get_pkey,
+};
 
 /* ---- small helpers ----------------------------------------------------- */
 
@@ -202,13 +441,65 @@ static const char *engine_error_text(int err)
     }
 }
 
+static const char tls13_only[] = "upstream requires TLS 1.3; this build speaks TLS 1.2";
+
+/* The version in the server's first ServerHello, or 0 if none was seen. */
+static unsigned server_hello_version(const tls_conn *c)
+{
+    const unsigned char *h = c->hello_head;
+    if (c->hello_seen < sizeof c->hello_head || h[0] != 22 /* handshake record */ ||
+        h[5] != 2 /* ServerHello */)
+        return 0;
+    return (unsigned)h[9] << 8 | h[10];
+}
+
+/* The peer refused every version this build offers (TLS 1.0 to 1.2) and so
+ * speaks only something newer. A TLS 1.3-only server answers a hello
+ * without supported_versions with a protocol_version alert (RFC 8446
+ * §4.2.1); a ServerHello naming a version above 1.2 says the same. */
+static bool peer_wants_newer_tls(const tls_conn *c, int e)
+{
+    if (!c->is_client || c->hs_done)
+        return false;
+    if (e == BR_ERR_RECV_FATAL_ALERT + BR_ALERT_PROTOCOL_VERSION)
+        return true;
+    return e == BR_ERR_UNSUPPORTED_VERSION && server_hello_version(c) > BR_TLS12;
+}
+
+/* Keeps the first bytes the server sends, as they go into the engine. */
+static void note_server_hello(tls_conn *c, const unsigned char *p, size_t n)
+{
+    if (!c->is_client || c->hello_seen >= sizeof c->hello_head)
+        return;
+    size_t room = sizeof c->hello_head - c->hello_seen;
+    size_t take = n < room ? n : room;
+    memcpy(c->hello_head + c->hello_seen, p, take);
+    c->hello_seen += take;
+}
+
+static const char *address_failure(const tls_conn *c)
+{
+    switch (c->u.cli.iv.outcome) {
+    case IP_MALFORMED: return "certificate has a malformed subjectAltName extension";
+    case IP_TOO_LARGE: return "certificate too large to check its addresses";
+    default: return NULL;
+    }
+}
+
 /* Turns BearSSL's error code into c->err. */
 static void describe_engine_error(tls_conn *c, int e)
 {
     const char *stage = c->hs_done ? "TLS connection failed" : "TLS handshake failed";
     const char *txt;
-    if (e == BR_ERR_X509_EXPIRED)
+    bool by_address = c->is_client && c->u.cli.iv.ip_len > 0;
+    if (peer_wants_newer_tls(c, e))
+        snprintf(c->err, sizeof c->err, "%s", tls13_only);
+    else if (e == BR_ERR_X509_EXPIRED)
         snprintf(c->err, sizeof c->err, "certificate has expired or is not yet valid");
+    else if (e == BR_ERR_X509_BAD_SERVER_NAME && by_address && address_failure(c) != NULL)
+        snprintf(c->err, sizeof c->err, "%s", address_failure(c));
+    else if (e == BR_ERR_X509_BAD_SERVER_NAME && by_address)
+        snprintf(c->err, sizeof c->err, "certificate is not for address %s", c->server_name);
     else if (e == BR_ERR_X509_BAD_SERVER_NAME)
         snprintf(c->err, sizeof c->err, "certificate is not for host %s", c->server_name);
     else if (e == BR_ERR_X509_NOT_TRUSTED)
@@ -336,6 +627,7 @@ static ssize_t pump(tls_conn *c, int fd, bool may_read)
                 size_t n = c->rlen - c->rpos < len ? c->rlen - c->rpos : len;
                 memcpy(p, c->rbuf + c->rpos, n);
                 c->rpos += n;
+                note_server_hello(c, p, n);
                 br_ssl_engine_recvrec_ack(c->eng, n);
                 moved += n;
                 progress = true;
@@ -347,6 +639,7 @@ static ssize_t pump(tls_conn *c, int fd, bool may_read)
                 ssize_t n = sock_recv(fd, direct ? p : c->rbuf, direct ? len : sizeof c->rbuf);
                 if (n > 0) {
                     if (direct) {
+                        note_server_hello(c, p, (size_t)n);
                         br_ssl_engine_recvrec_ack(c->eng, (size_t)n);
                     } else {
                         c->rpos = 0;
@@ -714,6 +1007,11 @@ void tls_session_cache_free(tls_session_cache *c)
     free(c);
 }
 
+bool tls_session_cache_ready(const tls_session_cache *c)
+{
+    return c != NULL && c->valid;
+}
+
 /* ---- connections ------------------------------------------------------- */
 
 tls_conn *tls_client_new(const tls_trust *trust, const char *server_name,
@@ -743,6 +1041,19 @@ tls_conn *tls_client_new(const tls_trust *trust, const char *server_name,
         fail_with(c, EINVAL, "server name too long for TLS");
         return c;
     }
+    struct ip_verifier *iv = &c->u.cli.iv;
+    if (inet_pton(AF_INET, server_name, iv->ip) == 1)
+        iv->ip_len = 4;
+    else if (inet_pton(AF_INET6, server_name, iv->ip) == 1)
+        iv->ip_len = 16;
+    const char *sni = server_name;
+    if (iv->ip_len > 0) {
+        /* No SNI for an address; the wrapper checks it instead. */
+        iv->vtable = &ip_verifier_class;
+        iv->inner = &c->u.cli.xc;
+        br_ssl_engine_set_x509(c->eng, &iv->vtable);
+        sni = NULL;
+    }
     int resume = 0;
     if (cache != NULL && cache->valid) {
         br_ssl_engine_set_session_parameters(c->eng, &cache->params);
@@ -750,7 +1061,7 @@ tls_conn *tls_client_new(const tls_trust *trust, const char *server_name,
         memcpy(c->offered_id, cache->params.session_id, c->offered_len);
         resume = 1;
     }
-    if (!br_ssl_client_reset(&c->u.cli.cc, server_name, resume))
+    if (!br_ssl_client_reset(&c->u.cli.cc, sni, resume))
         fail_engine(c, br_ssl_engine_last_error(c->eng));
     return c;
 }
@@ -778,6 +1089,8 @@ void tls_free(tls_conn *c)
 {
     if (c == NULL)
         return;
+    if (c->is_client)
+        ee_drop(&c->u.cli.iv); /* a handshake cut off inside the certificate */
     /* The engine holds session keys and plaintext. */
     explicit_bzero(c, sizeof *c);
     free(c);
@@ -920,6 +1233,11 @@ bool tls_resumed(const tls_conn *c)
     return c->resumed;
 }
 
+const char *tls_server_name(const tls_conn *c)
+{
+    return br_ssl_engine_get_server_name(c->eng);
+}
+
 const char *tls_error(const tls_conn *c)
 {
     if (c->err[0] != '\0')
@@ -928,6 +1246,8 @@ const char *tls_error(const tls_conn *c)
     if (e == BR_ERR_OK)
         return NULL; /* nothing failed */
     /* Not yet noticed by a read/write: give the table text without context. */
+    if (peer_wants_newer_tls(c, e))
+        return tls13_only;
     const char *txt = engine_error_text(e);
     if (txt != NULL)
         return txt;

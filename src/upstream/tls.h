@@ -1,8 +1,10 @@
 /* TLS through BearSSL's engine API, driven by the reactor: the caller owns
  * the non-blocking socket and asks which events the engine waits for. No
  * call here blocks. Client side verifies the chain against trust anchors
- * loaded once, checks the host name and sends SNI; server side exists for
- * the test upstream in tools/. */
+ * loaded once, checks the host name and sends SNI, or, for a host given as
+ * an IP address, checks the certificate's iPAddress subjectAltName and
+ * sends no SNI (RFC 6066 §3); server side exists for the test upstream in
+ * tools/. */
 #ifndef SSEGATE_TLS_H
 #define SSEGATE_TLS_H
 
@@ -28,10 +30,14 @@ void tls_server_cred_free(tls_server_cred *c);
 
 tls_session_cache *tls_session_cache_new(void);
 void tls_session_cache_free(tls_session_cache *c);
+/* Holds a session that the next client connection will offer. */
+bool tls_session_cache_ready(const tls_session_cache *c);
 
-/* A client connection to `server_name` (SNI and the name the certificate
- * must carry). `cache` may be NULL; when given, the session is offered for
- * resumption and refreshed after each full handshake. */
+/* A client connection to `server_name`: a DNS name (sent as SNI, and the
+ * name the certificate must carry) or an IPv4/IPv6 literal without
+ * brackets (no SNI; the certificate must carry the address as an iPAddress
+ * subjectAltName). `cache` may be NULL; when given, the session is offered
+ * for resumption and refreshed after each full handshake. */
 tls_conn *tls_client_new(const tls_trust *trust, const char *server_name, tls_session_cache *cache);
 tls_conn *tls_server_new(const tls_server_cred *cred);
 void tls_free(tls_conn *c);
@@ -57,11 +63,27 @@ uint32_t tls_events(const tls_conn *c);
 
 bool tls_handshake_done(const tls_conn *c);
 bool tls_resumed(const tls_conn *c); /* the handshake resumed a cached session */
+/* The SNI name: on a server, what the client sent; on a client, what it
+ * sends. "" when there is none. */
+const char *tls_server_name(const tls_conn *c);
 
 /* A sentence for the last failure, e.g. "certificate has expired or is not
- * yet valid", "certificate is not for host example.com", "certificate
- * chain is not trusted". */
+ * yet valid", "certificate is not for host example.com", "certificate is
+ * not for address 127.0.0.1", "certificate chain is not trusted",
+ * "upstream requires TLS 1.3; this build speaks TLS 1.2". */
 const char *tls_error(const tls_conn *c);
+
+typedef enum tls_san_check {
+    TLS_SAN_MATCH,    /* an iPAddress entry holds the address */
+    TLS_SAN_NO_MATCH, /* well formed, but no entry for it (or no subjectAltName) */
+    TLS_SAN_MALFORMED /* the certificate or its subjectAltName does not parse */
+} tls_san_check;
+
+/* Looks for the address `ip` (4 bytes for IPv4, 16 for IPv6, network
+ * order) among the iPAddress subjectAltNames of the DER certificate `der`.
+ * Reads only within [der, der + len); the signature is not checked here. */
+tls_san_check tls_cert_san_has_ip(const unsigned char *der, size_t len, const unsigned char *ip,
+                                  size_t ip_len);
 
 /* Sends close_notify if possible, without waiting. */
 void tls_close(tls_conn *c, int fd);

@@ -11,7 +11,11 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-typedef enum conn_state { CONN_CONNECTING, CONN_READY, CONN_IDLE } conn_state;
+typedef enum conn_state { CONN_CONNECTING, CONN_WAITING_SESSION, CONN_READY, CONN_IDLE } conn_state;
+
+/* At most this many connections wait for an upstream's first TLS session;
+ * any more make full handshakes of their own. */
+enum { MAX_SESSION_WAITERS = 256 };
 
 struct upstream_conn {
     upstream_target *target;
@@ -28,6 +32,8 @@ struct upstream_conn {
     void *ctx;
     int last_errno;
     upstream_conn *next_idle, *prev_idle;
+    upstream_conn *next_waiting, *prev_waiting;
+    loop_deferred wake; /* ends the wait for the first TLS session */
     char error[512];
 };
 
@@ -113,10 +119,94 @@ static void idle_unlink(upstream_conn *c)
 
 static void free_conn(void *ctx) { free(ctx); }
 
+/* ---- TLS cold start: one full handshake, the rest resume its session ---- */
+
+static bool waiting_linked(const upstream_conn *c)
+{
+    return c->prev_waiting || c->target->tls_waiting == c;
+}
+
+static void waiting_unlink(upstream_conn *c)
+{
+    upstream_target *t = c->target;
+    if (c->prev_waiting)
+        c->prev_waiting->next_waiting = c->next_waiting;
+    else
+        t->tls_waiting = c->next_waiting;
+    if (c->next_waiting)
+        c->next_waiting->prev_waiting = c->prev_waiting;
+    else
+        t->tls_waiting_tail = c->prev_waiting;
+    c->next_waiting = c->prev_waiting = NULL;
+    t->tls_waiting_count--;
+}
+
+static void start_tls(upstream_conn *c);
+
+static void on_session_wake(void *ctx)
+{
+    upstream_conn *c = ctx;
+    if (c->fd >= 0 && c->state == CONN_WAITING_SESSION) /* not closed meanwhile */
+        start_tls(c);
+}
+
+/* The first handshake finished or failed: the waiting connections go on in
+ * order, resuming its session if there is one, each making its own
+ * otherwise. Deferred, so that their owners do not run inside the first
+ * connection's I/O call. */
+static void first_handshake_over(upstream_target *t)
+{
+    t->tls_first = NULL;
+    while (t->tls_waiting) {
+        upstream_conn *w = t->tls_waiting;
+        waiting_unlink(w);
+        loop_defer(w->loop, &w->wake, on_session_wake, w);
+    }
+}
+
+/* True when c, freshly connected, should wait for the handshake in flight
+ * rather than start one of its own; it is then queued. */
+static bool wait_for_first_session(upstream_conn *c)
+{
+    upstream_target *t = c->target;
+    if (!t->tls_first || tls_session_cache_ready(t->sessions) ||
+        t->tls_waiting_count >= MAX_SESSION_WAITERS)
+        return false;
+    c->state = CONN_WAITING_SESSION;
+    c->next_waiting = NULL;
+    c->prev_waiting = t->tls_waiting_tail;
+    if (t->tls_waiting_tail)
+        t->tls_waiting_tail->next_waiting = c;
+    else
+        t->tls_waiting = c;
+    t->tls_waiting_tail = c;
+    t->tls_waiting_count++;
+    /* Only a hang-up can come now, and it ends the wait. */
+    loop_io_set(c->loop, &c->io, EPOLLRDHUP);
+    return true;
+}
+
+/* After I/O on the connection making the first session. A server that
+ * completes a handshake but gives no session to resume is not waited for
+ * again: waiting would only delay the others. */
+static void check_first_handshake(upstream_conn *c, bool failed)
+{
+    upstream_target *t = c->target;
+    if (t->tls_first != c || (!failed && !tls_handshake_done(c->tls)))
+        return;
+    if (!failed && !tls_session_cache_ready(t->sessions))
+        t->tls_sessionless = true;
+    first_handshake_over(t);
+}
+
 static void conn_close(upstream_conn *c)
 {
     if (c->state == CONN_IDLE)
         idle_unlink(c);
+    if (c->state == CONN_WAITING_SESSION && waiting_linked(c))
+        waiting_unlink(c);
+    if (c->target->tls_first == c)
+        first_handshake_over(c->target);
     loop_timer_stop(c->loop, &c->timer);
     if (c->fd >= 0) {
         loop_io_del(c->loop, &c->io);
@@ -143,6 +233,8 @@ void upstream_release(upstream_conn *c, bool reusable)
 {
     upstream_target *t = c->target;
     loop_timer_stop(c->loop, &c->timer);
+    if (t->tls_first == c) /* its handshake will not go further */
+        first_handshake_over(t);
     if (!reusable || c->state != CONN_READY || t->idle_count >= t->max_idle) {
         conn_close(c);
         return;
@@ -239,7 +331,8 @@ static bool try_next_address(upstream_conn *c)
 static void on_connect_timeout(void *ctx)
 {
     upstream_conn *c = ctx;
-    fail(c, UPSTREAM_FAIL_CONNECT_TIMEOUT, "connect to upstream %s timed out%s", "");
+    fail(c, UPSTREAM_FAIL_CONNECT_TIMEOUT, "connect to upstream %s timed out%s",
+         c->state == CONN_WAITING_SESSION ? " waiting for the first TLS handshake" : "");
 }
 
 static void become_ready(upstream_conn *c)
@@ -257,14 +350,10 @@ static void connect_finished(upstream_conn *c)
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
         err = errno;
     if (err == 0) {
-        if (c->target->base.tls) {
-            c->tls = tls_client_new(c->target->trust, c->target->base.host, c->target->sessions);
-            if (!c->tls) {
-                fail(c, UPSTREAM_FAIL_TLS, "TLS with upstream %s failed: %s", "out of memory");
-                return;
-            }
-        }
-        become_ready(c);
+        if (!c->target->base.tls)
+            become_ready(c);
+        else if (!wait_for_first_session(c))
+            start_tls(c);
         return;
     }
     c->last_errno = err;
@@ -275,6 +364,23 @@ static void connect_finished(upstream_conn *c)
         fail(c, UPSTREAM_FAIL_CONNECT, "connect to upstream %s failed: %s", strerror(c->last_errno));
 }
 
+/* With no session cached, the first connection to get here makes it
+ * and others wait for it (wait_for_first_session). */
+static void start_tls(upstream_conn *c)
+{
+    upstream_target *t = c->target;
+    c->tls = tls_client_new(t->trust, t->base.host, t->sessions);
+    if (!c->tls) {
+        fail(c, UPSTREAM_FAIL_TLS, "TLS with upstream %s failed: %s", "out of memory");
+        return;
+    }
+    if (tls_session_cache_ready(t->sessions))
+        t->tls_sessionless = false; /* it gives sessions after all */
+    else if (!t->tls_first && !t->tls_sessionless)
+        t->tls_first = c;
+    become_ready(c);
+}
+
 static void on_conn_io(void *ctx, uint32_t events)
 {
     upstream_conn *c = ctx;
@@ -282,10 +388,19 @@ static void on_conn_io(void *ctx, uint32_t events)
         connect_finished(c);
         return;
     }
+    if (c->state == CONN_WAITING_SESSION) {
+        if (waiting_linked(c)) /* else already woken, its start deferred */
+            waiting_unlink(c);
+        fail(c, UPSTREAM_FAIL_CONNECT, "connect to upstream %s failed: %s",
+             "closed by the upstream while waiting for the first TLS handshake");
+        return;
+    }
     /* Records the engine still holds go out whether or not the owner has
      * more to write. */
     if (c->tls && (events & EPOLLOUT) && tls_flush(c->tls, c->fd) != 0 && errno != EAGAIN)
         events |= EPOLLERR;
+    if (c->tls)
+        check_first_handshake(c, false);
     c->ev->io(c->ctx, events);
 }
 
@@ -373,8 +488,10 @@ static ssize_t after_io(upstream_conn *c, ssize_t n)
     int err = errno;
     if (n < 0 && err != EAGAIN)
         note_error(c, err);
-    if (c->tls)
+    if (c->tls) {
+        check_first_handshake(c, n < 0 && err != EAGAIN);
         update_events(c);
+    }
     errno = err;
     return n;
 }

@@ -30,6 +30,12 @@ typedef struct upstream_target {
     tls_session_cache *sessions;
     upstream_conn *idle; /* pool of idle connections */
     size_t idle_count, max_idle;
+    /* TLS cold start: while one connection makes the first session, later
+     * ones wait for it (connected, before their ClientHello) and resume it. */
+    upstream_conn *tls_first;
+    upstream_conn *tls_waiting, *tls_waiting_tail; /* FIFO */
+    size_t tls_waiting_count;
+    bool tls_sessionless; /* its last first handshake gave no session: no waiting */
     uint64_t idle_timeout_ms;
     uint64_t connects, reuses; /* counters */
 } upstream_target;
@@ -54,7 +60,9 @@ typedef struct upstream_events {
 } upstream_events;
 
 /* Hands out a pooled connection when `pooled` (ready is called from a
- * deferred step) or starts a new one. Never calls back before returning. */
+ * deferred step) or starts a new one. Never calls back before returning.
+ * Over TLS with no session cached yet, a new connection waits for the first
+ * full handshake in flight to that upstream, within the connect timeout. */
 upstream_conn *upstream_open(upstream_target *t, loop *l, uint64_t connect_timeout_ms, bool pooled,
                              const upstream_events *ev, void *ctx);
 bool upstream_was_reused(const upstream_conn *c);
