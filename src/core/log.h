@@ -9,6 +9,7 @@
 #include "core/config.h"
 #include "core/loop.h"
 #include "core/slice.h"
+#include "core/wbuf.h"
 
 typedef struct access_record {
     slice req_id, method, path, client, model, upstream, upstream_req_id;
@@ -31,5 +32,14 @@ void log_attach(loop *l);
 void log_flush(void);
 void log_access(const access_record *r);
 void log_message(const char *level, const char *msg, const log_field *fields, size_t count);
+
+/* The formatting behind those, for tests. A timestamp is ISO 8601 in UTC
+ * with milliseconds, "2024-05-01T12:34:56.789Z", always LOG_TIMESTAMP_LEN
+ * bytes (years outside 0000..9999 print as the nearest end). An access line
+ * is written without its newline, in the format set by log_set_format.
+ * String values longer than 1024 bytes once escaped end cut, in "...". */
+enum { LOG_TIMESTAMP_LEN = 24 };
+void log_put_timestamp(wbuf *b, int64_t unix_ms);
+void log_put_access(wbuf *b, const access_record *r, int64_t unix_ms);
 
 #endif

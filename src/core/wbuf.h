@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "core/slice.h"
 
@@ -18,7 +19,8 @@ typedef struct wbuf {
 static inline wbuf wbuf_over(char *mem, size_t cap) { return (wbuf){mem, 0, cap, false}; }
 
 void wbuf_put(wbuf *b, const void *data, size_t len);
-void wbuf_puts(wbuf *b, const char *s);
+/* Inline, so that the length of a literal is a constant, not a strlen call. */
+static inline void wbuf_puts(wbuf *b, const char *s) { wbuf_put(b, s, strlen(s)); }
 void wbuf_put_slice(wbuf *b, slice s);
 void wbuf_put_char(wbuf *b, char c);
 void wbuf_put_u64(wbuf *b, uint64_t v);

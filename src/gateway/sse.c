@@ -86,15 +86,14 @@ bool sse_next_event(sse_parser *p, const char *buf, size_t len, bool at_eof, sse
             p->line_start = p->skip = bom_length(buf, len);
         }
     }
-    /* One pass, line end to line end. The first CR is looked up once: most
-     * streams have none, and then only LF matters. */
+    /* One pass, line end to line end. A CR is looked for only before the
+     * next LF: a search to the end of buf, on each call, would cross every
+     * later event again, once per event. */
     size_t i = p->line_start;
-    const char *cr = i < len ? memchr(buf + i, '\r', len - i) : NULL;
     while (i < len) {
         const char *lf = memchr(buf + i, '\n', len - i);
-        if (cr && cr < buf + i)
-            cr = memchr(buf + i, '\r', len - i);
-        const char *term = lf && (!cr || lf < cr) ? lf : cr;
+        const char *cr = memchr(buf + i, '\r', lf ? (size_t)(lf - (buf + i)) : len - i);
+        const char *term = cr ? cr : lf;
         if (!term)
             break;
         size_t t = (size_t)(term - buf), next = t + 1;

@@ -9,7 +9,13 @@ static bool is_tchar(unsigned char c)
 {
     if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
         return true;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    switch (c) { /* not strchr: this runs for every byte of every header name */
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+        return true;
+    default:
+        return false;
+    }
 }
 
 /* field-vchar, SP, HTAB, obs-text: everything but controls and DEL */
@@ -623,11 +629,14 @@ const http_header *http_find_header(const http_header *headers, size_t count, sl
 
 bool http_is_hop_by_hop(slice name)
 {
-    static const char *const hop[] = {"connection",        "keep-alive", "proxy-connection", "te",
-                                      "trailer",           "upgrade",    "transfer-encoding", "proxy-authorization",
-                                      "proxy-authenticate", "content-length"};
+    /* Slices, not strings: this runs for every header, so no strlen here. */
+    static const slice hop[] = {SLICE_LIT("connection"),         SLICE_LIT("keep-alive"),
+                                SLICE_LIT("proxy-connection"),   SLICE_LIT("te"),
+                                SLICE_LIT("trailer"),            SLICE_LIT("upgrade"),
+                                SLICE_LIT("transfer-encoding"),  SLICE_LIT("proxy-authorization"),
+                                SLICE_LIT("proxy-authenticate"), SLICE_LIT("content-length")};
     for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
-        if (slice_eq_nocase(name, slice_of(hop[i])))
+        if (slice_eq_nocase(name, hop[i]))
             return true;
     return false;
 }
