@@ -95,6 +95,8 @@ FUZZ_SRC_url           := src/upstream/url.c
 FUZZ_SRC_json          := src/gateway/json.c src/core/arena.c src/core/wbuf.c
 FUZZ_SRC_jwt           := src/gateway/jwt.c src/core/base64.c third_party/lib/libbearssl.a
 FUZZ_SRC_keys          := src/gateway/keys.c third_party/lib/libbearssl.a
+FUZZ_TARGETS += replay
+FUZZ_SRC_replay        := src/gateway/replay.c src/gateway/chatstream.c src/core/base64.c src/core/wbuf.c
 
 define FUZZ_RULE
 build/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).c tests/fuzz/fuzz.h $(FUZZ_SRC_$(1)) $$(DEPS_STAMP) | build/fuzz
