@@ -163,6 +163,8 @@ FUZZ_SRC_jwt           := src/gateway/jwt.c src/core/base64.c third_party/lib/li
 FUZZ_SRC_keys          := src/gateway/keys.c third_party/lib/libbearssl.a
 FUZZ_SRC_config        := src/upstream/cfgfile.c src/upstream/routes.c src/upstream/url.c src/core/config.c \
                           src/core/wbuf.c src/gateway/keys.c third_party/lib/libbearssl.a
+FUZZ_TARGETS += replay
+FUZZ_SRC_replay        := src/gateway/replay.c src/gateway/chatstream.c src/core/base64.c src/core/wbuf.c
 
 define FUZZ_RULE
 build/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).c tests/fuzz/fuzz.h $(FUZZ_SRC_$(1)) $$(DEPS_STAMP) | build/fuzz

@@ -8,13 +8,13 @@
 
 #include "core/base64.h"
 
-/* Every event is stored as a 4-byte length and its bytes, never split: a
- * record that does not fit before the end of the ring starts again at
- * offset 0 (the ring is then "wrapped" and the bytes between the last record
- * and the end, from `wrap` on, are unused until the oldest records there are
- * evicted). Readers are linked from their stream, so that an append can
- * tell a caught-up reader where its next event went and a growth can move
- * every reader's offset with the bytes. */
+/* Every event is stored as a 4-byte length and its bytes, never split, so
+ * a reader is handed one slice: a record that does not fit before the end of
+ * the ring starts again at offset 0 (the ring is then "wrapped", and the
+ * bytes from `wrap` to the end stay unused until the records before them are
+ * evicted). Each reader keeps the offset of its next record; readers are
+ * linked from their stream so that an append can tell the caught-up ones
+ * where their next event went, which keeps every read O(1). */
 enum { HEADER = 4, FIRST_CLASS = 4096, CLASS_STEP = 4, FIRST_SLOTS = 16 };
 
 struct replay_stream {
@@ -402,10 +402,9 @@ replay_append_result replay_append(replay_stream *st, slice event, uint64_t *n)
     size_t need = HEADER + (fits_ever ? event.len : 0);
     size_t off = fits_ever ? place(st, need) : SIZE_MAX;
     if (off == SIZE_MAX && fits_ever && st->cap < max) {
-        size_t want = st->kept_bytes + need > st->cap ? st->kept_bytes + need : st->cap + 1;
         /* out of memory: hold the upstream as when full, rather than
          * evict below the maximum */
-        if (!grow(st, class_for(max, want)))
+        if (!grow(st, class_for(max, st->kept_bytes + need)))
             return REPLAY_FULL;
         off = place(st, need);
     }

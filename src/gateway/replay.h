@@ -16,9 +16,10 @@
  *   - with no reader attached, replay_append answers REPLAY_FULL and stores
  *     nothing, so the caller stops reading the upstream (TCP backpressure)
  *     instead of dropping events nobody has seen.
- * An event bigger than the maximum can never be kept: with a reader attached
- * it is numbered, everything older is evicted, and it is not stored (the
- * readers get REPLAY_LOST); with none, REPLAY_FULL as above.
+ * An event that cannot fit even alone (more than the maximum less 4 bytes)
+ * is never kept: with a reader attached it is numbered, everything older is
+ * evicted, and it is not stored (the readers get REPLAY_LOST); with none,
+ * REPLAY_FULL as above.
  *
  * Lifetime: a stream is kept until window_ms after replay_end, or, if it
  * never ends, until nobody has been attached for window_ms ("abandoned": the
