@@ -256,8 +256,8 @@ int config_load(config *c, int argc, char **argv)
     if (!c->upstream)
         c->upstream = c->upstream_key ? "https://api.openai.com/v1" : "demo";
     c->demo = strcmp(c->upstream, "demo") == 0;
-    if (c->workers != 1) {
-        fprintf(stderr, "ssegate: --workers other than 1 is not supported by this version\n");
+    if (c->workers < 1 || c->workers > CONFIG_MAX_WORKERS) {
+        fprintf(stderr, "ssegate: --workers must be between 1 and %u\n", CONFIG_MAX_WORKERS);
         return -1;
     }
     if (c->max_conns == 0) {

@@ -6,6 +6,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* More processes than this only add contention on the shared port. */
+#define CONFIG_MAX_WORKERS 256u
+
 typedef enum log_format { LOG_JSON, LOG_TEXT } log_format;
 
 typedef struct config {
@@ -23,7 +26,7 @@ typedef struct config {
     size_t max_conns;
     unsigned retries;
     log_format log_format;
-    unsigned workers;
+    unsigned workers; /* 1: one process; more: a supervisor and that many workers */
     /* client auth (§3) */
     const char *jwt_secret_file, *jwt_keys_file, *jwt_issuer, *jwt_audience;
     uint64_t jwt_leeway_ms;

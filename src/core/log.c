@@ -1,6 +1,7 @@
 #include "core/log.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,9 +42,20 @@ static void write_all(const char *p, size_t left)
     }
 }
 
+/* In pieces of at most PIPE_BUF bytes cut at line ends: such a write to a
+ * pipe is atomic, so the lines of workers sharing one stderr never mix. */
 void log_flush(void)
 {
-    write_all(batch, batch_len);
+    size_t done = 0;
+    while (done < batch_len) {
+        size_t piece = batch_len - done;
+        if (piece > PIPE_BUF) {
+            const char *nl = memrchr(batch + done, '\n', PIPE_BUF);
+            piece = nl ? (size_t)(nl - (batch + done)) + 1 : PIPE_BUF;
+        }
+        write_all(batch + done, piece);
+        done += piece;
+    }
     batch_len = 0;
 }
 

@@ -24,6 +24,7 @@
 #include "gateway/metrics.h"
 #include "gateway/resume.h"
 #include "core/log.h"
+#include "core/netaddr.h"
 #include "gateway/relay.h"
 #include "core/wbuf.h"
 
@@ -1444,74 +1445,11 @@ static void on_accept(void *ctx, uint32_t events)
 /* "127.0.0.1:8080", "[::1]:8080", ":8080" */
 static int bind_listener(server *s, const char *spec, const char **why)
 {
-    char host[64];
-    const char *colon = strrchr(spec, ':');
-    if (!colon || colon - spec >= (long)sizeof host) {
-        *why = "--listen must be ADDR:PORT";
+    /* Several workers share the port; the kernel spreads connections. */
+    int fd = netaddr_bind(spec, s->cfg->workers > 1, true, why);
+    if (fd < 0)
         return -1;
-    }
-    size_t hl = (size_t)(colon - spec);
-    memcpy(host, spec, hl);
-    host[hl] = '\0';
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || end == colon + 1 || port < 0 || port > 65535) {
-        *why = "--listen has an invalid port";
-        return -1;
-    }
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    socklen_t len;
-    if (host[0] == '[' && hl >= 2 && host[hl - 1] == ']') {
-        host[hl - 1] = '\0';
-        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)port);
-        if (inet_pton(AF_INET6, host + 1, &a6->sin6_addr) != 1) {
-            *why = "--listen has an invalid IPv6 address";
-            return -1;
-        }
-        len = sizeof *a6;
-    } else {
-        struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)port);
-        if (hl == 0 || strcmp(host, "*") == 0)
-            a4->sin_addr.s_addr = htonl(INADDR_ANY);
-        else if (strcmp(host, "localhost") == 0)
-            a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        else if (inet_pton(AF_INET, host, &a4->sin_addr) != 1) {
-            *why = "--listen has an invalid IPv4 address";
-            return -1;
-        }
-        len = sizeof *a4;
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        *why = strerror(errno);
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, SOMAXCONN) != 0) {
-        static char msg[160];
-        snprintf(msg, sizeof msg, "cannot listen on %s: %s", spec, strerror(errno));
-        *why = msg;
-        close(fd);
-        return -1;
-    }
-    len = sizeof ss;
-    getsockname(fd, (struct sockaddr *)&ss, &len);
-    char text[INET6_ADDRSTRLEN];
-    if (ss.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)&ss;
-        inet_ntop(AF_INET6, &a6->sin6_addr, text, sizeof text);
-        snprintf(s->address, sizeof s->address, "[%s]:%u", text, ntohs(a6->sin6_port));
-    } else {
-        const struct sockaddr_in *a4 = (const struct sockaddr_in *)&ss;
-        inet_ntop(AF_INET, &a4->sin_addr, text, sizeof text);
-        snprintf(s->address, sizeof s->address, "%s:%u", text, ntohs(a4->sin_port));
-    }
+    netaddr_local(fd, s->address, sizeof s->address);
     s->listen_fd = fd;
     return 0;
 }
