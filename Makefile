@@ -56,6 +56,8 @@ build/unit-tests: $(UNIT_SRC) tests/unit/unit.h build/libssegate.a
 build/unit-tests-asan: $(UNIT_SRC) tests/unit/unit.h build/libssegate-asan.a
 	$(CC) $(CPPFLAGS) -std=c17 $(WARN) $(SAN_FLAGS) -Itests/unit -o $@ $(UNIT_SRC) build/libssegate-asan.a $(LDLIBS)
 
+build/unit-tests build/unit-tests-asan: tests/unit/dns_msg.h
+
 run: ssegate
 	./ssegate $(ARGS)
 
@@ -86,6 +88,7 @@ bench: ssegate tools/mock-upstream
 # fails at the end. Logs: build/fuzz/fuzz_<name>.log.
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := http_request http_response chunked sse url json jwt keys
+FUZZ_TARGETS += dns
 FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_SRC_http_request  := src/http/http.c src/core/wbuf.c
 FUZZ_SRC_http_response := src/http/http.c src/core/wbuf.c
@@ -95,6 +98,7 @@ FUZZ_SRC_url           := src/upstream/url.c
 FUZZ_SRC_json          := src/gateway/json.c src/core/arena.c src/core/wbuf.c
 FUZZ_SRC_jwt           := src/gateway/jwt.c src/core/base64.c third_party/lib/libbearssl.a
 FUZZ_SRC_keys          := src/gateway/keys.c third_party/lib/libbearssl.a
+FUZZ_SRC_dns           := src/upstream/dns.c src/upstream/dns_conf.c
 
 define FUZZ_RULE
 build/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).c tests/fuzz/fuzz.h $(FUZZ_SRC_$(1)) $$(DEPS_STAMP) | build/fuzz
