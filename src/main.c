@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "core/loop.h"
 #include "http/server.h"
+#include "upstream/resolver.h"
 #include "upstream/upstream.h"
 
 #define SSEGATE_VERSION "0.3.0"
@@ -104,10 +105,27 @@ int main(int argc, char **argv)
     }
     if (cfg.demo) /* logs name the demo, not its loopback address */
         snprintf(target.name, sizeof target.name, "demo");
+    dns_resolver *resolver = NULL;
+    if (target.needs_dns) {
+        /* Only the files are read here; the first lookup goes out from the loop. */
+        resolver = dns_resolver_new(a.loop, cfg.resolv_conf, cfg.hosts_file, &why);
+        if (!resolver) {
+            fprintf(stderr, "ssegate: resolving the upstream host: %s\n", why);
+            upstream_target_free(&target, a.loop);
+            fakeai_stop(demo);
+            loop_free(a.loop);
+            auth_free(clients);
+            metrics_free(m);
+            config_free(&cfg);
+            return 2;
+        }
+        upstream_target_use_resolver(&target, resolver);
+    }
     a.server = server_new(a.loop, &cfg, &target, clients, m, &why);
     if (!a.server) {
         fprintf(stderr, "ssegate: %s\n", why);
         upstream_target_free(&target, a.loop);
+        dns_resolver_free(resolver);
         fakeai_stop(demo);
         loop_free(a.loop);
         auth_free(clients);
@@ -144,6 +162,7 @@ int main(int argc, char **argv)
 
     server_free(a.server);
     upstream_target_free(&target, a.loop);
+    dns_resolver_free(resolver);
     fakeai_stop(demo);
     loop_free(a.loop);
     auth_free(clients);
