@@ -81,6 +81,13 @@ clean:
 bench: ssegate tools/mock-upstream
 	bench/run.sh $(BENCH_SECONDS)
 
+# The resolver's instruction counts under callgrind (bench/dns.sh).
+build/dns-bench: bench/dns_bench.c build/libssegate.a
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
+bench-dns: build/dns-bench
+	bench/dns.sh
+.PHONY: bench-dns
+
 # ---- fuzzing (libFuzzer + ASan/UBSan, clang) -------------------------------
 # `make fuzz` builds every target into build/fuzz/ and runs each for
 # FUZZ_SECONDS, growing build/fuzz/corpus-<name> from tests/fuzz/seeds/<name>.
