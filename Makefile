@@ -118,6 +118,8 @@ build/unit-tests: $(UNIT_SRC) tests/unit/unit.h build/libssegate.a
 build/unit-tests-asan: $(UNIT_SRC) tests/unit/unit.h build/libssegate-asan.a
 	$(CC) $(CPPFLAGS) -std=c17 $(WARN) $(SAN_FLAGS) -Itests/unit -o $@ $(UNIT_SRC) build/libssegate-asan.a $(LDLIBS)
 
+build/unit-tests build/unit-tests-asan: tests/unit/dns_msg.h
+
 run: ssegate
 	./ssegate $(ARGS)
 
@@ -144,6 +146,13 @@ clean:
 bench: ssegate tools/mock-upstream
 	bench/run.sh $(BENCH_SECONDS)
 
+# The resolver's instruction counts under callgrind (bench/dns.sh).
+build/dns-bench: bench/dns_bench.c build/libssegate.a
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
+bench-dns: build/dns-bench
+	bench/dns.sh
+.PHONY: bench-dns
+
 # ---- fuzzing (libFuzzer + ASan/UBSan, clang) -------------------------------
 # `make fuzz` builds every target into build/fuzz/ and runs each for
 # FUZZ_SECONDS, growing build/fuzz/corpus-<name> from tests/fuzz/seeds/<name>.
@@ -151,7 +160,7 @@ bench: ssegate tools/mock-upstream
 # fails at the end. Logs: build/fuzz/fuzz_<name>.log.
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := http_request http_response chunked sse url json jwt keys
-FUZZ_TARGETS += config
+FUZZ_TARGETS += config dns
 FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_SRC_http_request  := src/http/http.c src/core/wbuf.c
 FUZZ_SRC_http_response := src/http/http.c src/core/wbuf.c
@@ -165,6 +174,7 @@ FUZZ_SRC_config        := src/upstream/cfgfile.c src/upstream/routes.c src/upstr
                           src/core/wbuf.c src/gateway/keys.c third_party/lib/libbearssl.a
 FUZZ_TARGETS += replay
 FUZZ_SRC_replay        := src/gateway/replay.c src/gateway/chatstream.c src/core/base64.c src/core/wbuf.c
+FUZZ_SRC_dns           := src/upstream/dns.c src/upstream/dns_conf.c
 
 define FUZZ_RULE
 build/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).c tests/fuzz/fuzz.h $(FUZZ_SRC_$(1)) $$(DEPS_STAMP) | build/fuzz

@@ -16,6 +16,7 @@
 #include "gateway/generation.h"
 #include "gateway/metrics.h"
 #include "http/server.h"
+#include "upstream/resolver.h"
 
 #define SSEGATE_VERSION "0.3.0"
 
@@ -30,6 +31,7 @@ typedef struct gateway {
     metrics *metrics;
     loop *loop;
     fakeai *demo;
+    dns_resolver *resolver; /* the upstreams' names, resolved in the reactor */
     generation *gen; /* until the server takes it */
     const char *upstream_url;
     char demo_url[96];
@@ -41,7 +43,8 @@ typedef struct gateway {
 static void reload(gateway *g)
 {
     char why[512];
-    generation *next = generation_load(g->cfg, g->loop, g->metrics, g->upstream_url, g->upstream_name, why, sizeof why);
+    generation *next =
+        generation_load(g->cfg, g->loop, g->metrics, g->resolver, g->upstream_url, g->upstream_name, why, sizeof why);
     if (!next) {
         metrics_config_reload(g->metrics, false);
         log_message("error", "reload failed; the running configuration stays", (log_field[]){{"error", why}}, 1);
@@ -77,6 +80,7 @@ static void gateway_close(gateway *g)
 {
     server_free(g->server); /* releases the generation it holds */
     generation_release(g->gen);
+    dns_resolver_free(g->resolver); /* after the upstreams that use it */
     fakeai_stop(g->demo);
     loop_free(g->loop);
     metrics_free(g->metrics);
@@ -114,8 +118,16 @@ static int gateway_open(gateway *g, const config *cfg)
     snprintf(g->upstream_name, sizeof g->upstream_name, "demo"); /* logs name the demo, not its address */
     if (!demo && !cfg->config_file && url_parse(g->upstream_url, &parsed, &why) == 0)
         snprintf(g->upstream_name, sizeof g->upstream_name, "%s:%u", parsed.host, parsed.port);
+    /* Only the files are read here; the first lookup goes out from the loop. */
+    g->resolver = dns_resolver_new(g->loop, cfg->resolv_conf, cfg->hosts_file, &why);
+    if (!g->resolver) {
+        fprintf(stderr, "ssegate: cannot set up name resolution: %s\n", why);
+        gateway_close(g);
+        return 2;
+    }
     char why_load[512];
-    g->gen = generation_load(cfg, g->loop, g->metrics, g->upstream_url, g->upstream_name, why_load, sizeof why_load);
+    g->gen = generation_load(cfg, g->loop, g->metrics, g->resolver, g->upstream_url, g->upstream_name, why_load,
+                             sizeof why_load);
     if (!g->gen) {
         fprintf(stderr, "ssegate: %s\n", why_load);
         gateway_close(g);

@@ -22,6 +22,8 @@ static const option options[] = {
     {"--upstream-org", "OPENAI_ORG_ID", NULL, "OpenAI-Organization sent upstream (the client's is dropped)", OPT_STRING, AT(upstream_org)},
     {"--upstream-project", "OPENAI_PROJECT_ID", NULL, "OpenAI-Project sent upstream (the client's is dropped)", OPT_STRING, AT(upstream_project)},
     {"--ca-file", "SSEGATE_CA_FILE", "/etc/ssl/certs/ca-certificates.crt", "PEM bundle that upstream certificates are verified against", OPT_STRING, AT(ca_file)},
+    {"--resolv-conf", "SSEGATE_RESOLV_CONF", "/etc/resolv.conf", "nameservers, search list and options for resolving the upstream host", OPT_STRING, AT(resolv_conf)},
+    {"--hosts-file", "SSEGATE_HOSTS_FILE", "/etc/hosts", "names looked up before DNS", OPT_STRING, AT(hosts_file)},
     {"--keys-file", "SSEGATE_KEYS_FILE", NULL, "client keys, 'KEY [name] [rpm] [tpm] [streams]' per line (none: no client auth, loopback only)", OPT_STRING, AT(keys_file)},
     {"--config", "SSEGATE_CONFIG", NULL, "JSON file of upstreams, routes, aliases and clients (reloaded on SIGHUP)", OPT_STRING, AT(config_file)},
     {"--jwt-secret-file", "SSEGATE_JWT_SECRET_FILE", NULL, "HS256/384/512 secret for client JWTs", OPT_STRING, AT(jwt_secret_file)},

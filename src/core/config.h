@@ -18,6 +18,7 @@ typedef struct config {
     bool demo;
     char *upstream_key;   /* owned; NULL when none */
     const char *ca_file;
+    const char *resolv_conf, *hosts_file; /* for resolving the upstream host */
     const char *keys_file;
     bool allow_anonymous;
     uint64_t connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, request_timeout_ms;

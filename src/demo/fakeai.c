@@ -5,7 +5,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -1630,43 +1629,74 @@ static void on_accept(void *ctx, uint32_t events)
     }
 }
 
-static int listen_on(const char *addr, char *bound, size_t bound_cap, const char **why)
+/* HOST:PORT with a literal host: IPv4, [IPv6], "localhost" (127.0.0.1), or
+ * empty or "*" for every IPv4 address. No name lookup: a listener needs none. */
+static int parse_listen(const char *addr, struct sockaddr_storage *ss, socklen_t *len, const char **why)
 {
     const char *colon = strrchr(addr, ':');
-    char host[256];
-    if (!colon || (size_t)(colon - addr) >= sizeof host || !colon[1]) {
+    char host[64];
+    size_t hl = colon ? (size_t)(colon - addr) : 0;
+    if (!colon || hl >= sizeof host || !colon[1] || strlen(colon + 1) > 5) {
         *why = "listen address must be HOST:PORT";
         return -1;
     }
-    size_t hl = (size_t)(colon - addr);
-    memcpy(host, addr, hl);
-    host[hl] = '\0';
-    char *h = host;
-    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
-        host[hl - 1] = '\0';
-        h++;
+    unsigned long port = 0;
+    for (const char *p = colon + 1; *p; p++) {
+        if (*p < '0' || *p > '9') {
+            *why = "listen address has an invalid port";
+            return -1;
+        }
+        port = port * 10 + (unsigned long)(*p - '0');
     }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    if (getaddrinfo(*h ? h : NULL, colon + 1, &hints, &res) != 0) {
-        *why = "cannot resolve the listen address";
+    if (port > 65535) {
+        *why = "listen address has an invalid port";
         return -1;
     }
-    int fd = -1;
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0)
-            continue;
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
-            break;
-        close(fd);
-        fd = -1;
+    memcpy(host, addr, hl);
+    host[hl] = '\0';
+    memset(ss, 0, sizeof *ss);
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host + 1, &s6->sin6_addr) != 1) {
+            *why = "listen address has an invalid IPv6 host";
+            return -1;
+        }
+        *len = sizeof *s6;
+        return 0;
     }
-    freeaddrinfo(res);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons((uint16_t)port);
+    if (hl == 0 || strcmp(host, "*") == 0)
+        s4->sin_addr.s_addr = htonl(INADDR_ANY);
+    else if (strcmp(host, "localhost") == 0)
+        s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    else if (inet_pton(AF_INET, host, &s4->sin_addr) != 1) {
+        *why = "listen address must be a literal IPv4, [IPv6] or localhost";
+        return -1;
+    }
+    *len = sizeof *s4;
+    return 0;
+}
+
+static int listen_on(const char *addr, char *bound, size_t bound_cap, const char **why)
+{
+    struct sockaddr_storage want;
+    socklen_t want_len;
+    if (parse_listen(addr, &want, &want_len, why) != 0)
+        return -1;
+    int fd = socket(want.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
+        *why = "cannot bind the listen address";
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&want, want_len) != 0 || listen(fd, 1024) != 0) {
+        close(fd);
         *why = "cannot bind the listen address";
         return -1;
     }

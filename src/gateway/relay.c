@@ -1283,6 +1283,10 @@ static void on_upstream_failed(void *ctx, upstream_failure kind, const char *mes
 {
     relay *r = ctx;
     r->up = NULL; /* upstream.c closed it */
+    if (kind == UPSTREAM_FAIL_DNS) { /* the resolver has been through its nameservers: no retry */
+        fail(r, 502, message, "upstream_dns_error");
+        return;
+    }
     bool timeout = kind == UPSTREAM_FAIL_CONNECT_TIMEOUT;
     retry_or_fail(r, timeout ? 504 : 502, message, timeout ? "upstream_connect_timeout" : "upstream_connect_error");
 }

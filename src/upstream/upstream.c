@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -11,7 +10,9 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-typedef enum conn_state { CONN_CONNECTING, CONN_WAITING_SESSION, CONN_READY, CONN_IDLE } conn_state;
+#include "core/log.h"
+
+typedef enum conn_state { CONN_RESOLVING, CONN_CONNECTING, CONN_WAITING_SESSION, CONN_READY, CONN_IDLE } conn_state;
 
 /* At most this many connections wait for an upstream's first TLS session;
  * any more make full handshakes of their own. */
@@ -24,6 +25,10 @@ struct upstream_conn {
     int fd;
     conn_state state;
     size_t addr_index;
+    uint64_t addr_generation; /* of the target's addresses addr_index counts in */
+    struct sockaddr_storage peer; /* the address connected to, for the pool to follow DNS */
+    socklen_t peer_len;
+    dns_query *query;             /* while resolving */
     tls_conn *tls;
     bool reused, want_read, want_write;
     loop_timer timer; /* connect timeout, or idle expiry in the pool */
@@ -47,22 +52,12 @@ int upstream_target_init(upstream_target *t, const char *base_url, const char *a
         return -1;
     snprintf(t->name, sizeof t->name, "%s:%u", t->base.host, t->base.port);
 
-    char port[8];
-    snprintf(port, sizeof port, "%u", t->base.port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    int rc = getaddrinfo(t->base.host, port, &hints, &res);
-    if (rc != 0) {
-        static char msg[320];
-        snprintf(msg, sizeof msg, "cannot resolve upstream host %s (DNS): %s", t->base.host, gai_strerror(rc));
-        *why = msg;
-        return -1;
+    dns_addr literal;
+    t->needs_dns = !dns_parse_ip(t->base.host, &literal);
+    if (!t->needs_dns) {
+        t->addr_lens[0] = dns_addr_to_sockaddr(&literal, t->base.port, &t->addrs[0]);
+        t->addr_count = 1;
     }
-    for (struct addrinfo *ai = res; ai && t->addr_count < UPSTREAM_MAX_ADDRS; ai = ai->ai_next) {
-        memcpy(&t->addrs[t->addr_count], ai->ai_addr, ai->ai_addrlen);
-        t->addr_lens[t->addr_count++] = ai->ai_addrlen;
-    }
-    freeaddrinfo(res);
 
     if (api_key && *api_key) {
         size_t n = strlen(api_key) + sizeof "Bearer ";
@@ -88,9 +83,56 @@ int upstream_target_init(upstream_target *t, const char *base_url, const char *a
 
 static void conn_close(upstream_conn *c);
 
+static bool pool_may_keep(const upstream_target *t, const upstream_conn *c)
+{
+    for (size_t i = 0; i < t->addr_count; i++)
+        if (t->addr_lens[i] == c->peer_len && memcmp(&t->addrs[i], &c->peer, c->peer_len) == 0)
+            return true;
+    return false;
+}
+
+/* A newer answer for the host: the addresses to connect to from now on;
+ * idle connections to addresses the name no longer has are closed. */
+static void take_answer(upstream_target *t, const dns_result *res)
+{
+    if (res->generation <= t->dns_generation)
+        return;
+    t->dns_generation = res->generation;
+    t->dns_failed = res->status != DNS_OK;
+    snprintf(t->dns_error, sizeof t->dns_error, "%s", res->message);
+    size_t n = t->dns_failed ? 0 : res->count < UPSTREAM_MAX_ADDRS ? res->count : UPSTREAM_MAX_ADDRS;
+    memcpy(t->addrs, res->addrs, n * sizeof t->addrs[0]);
+    memcpy(t->addr_lens, res->lens, n * sizeof t->addr_lens[0]);
+    t->addr_count = n;
+    for (upstream_conn *c = t->idle, *next; c; c = next) {
+        next = c->next_idle;
+        if (!pool_may_keep(t, c))
+            conn_close(c);
+    }
+}
+
+static void on_prefetched(void *ctx, const dns_result *res)
+{
+    upstream_target *t = ctx;
+    t->prefetch = NULL;
+    take_answer(t, res);
+    if (res->status != DNS_OK) {
+        log_field f[] = {{"upstream", t->base.host}, {"error", res->message}};
+        log_message("warn", "upstream DNS lookup failed", f, 2);
+    }
+}
+
+void upstream_target_use_resolver(upstream_target *t, dns_resolver *r)
+{
+    t->resolver = r;
+    if (t->needs_dns && r && !t->prefetch)
+        t->prefetch = dns_resolve(r, t->base.host, t->base.port, on_prefetched, t);
+}
+
 void upstream_target_free(upstream_target *t, loop *l)
 {
     (void)l;
+    dns_cancel(t->prefetch);
     while (t->idle)
         conn_close(t->idle);
     if (t->auth_header) {
@@ -208,6 +250,8 @@ static void conn_close(upstream_conn *c)
     if (c->target->tls_first == c)
         first_handshake_over(c->target);
     loop_timer_stop(c->loop, &c->timer);
+    dns_cancel(c->query);
+    c->query = NULL;
     if (c->fd >= 0) {
         loop_io_del(c->loop, &c->io);
         if (c->tls)
@@ -267,6 +311,15 @@ static void fail(upstream_conn *c, upstream_failure kind, const char *fmt, const
     ev->failed(ctx, kind, c->error);
 }
 
+static void fail_dns(upstream_conn *c, const char *what)
+{
+    snprintf(c->error, sizeof c->error, "upstream DNS failed: %s: %s", c->target->base.host, what);
+    const upstream_events *ev = c->ev;
+    void *ctx = c->ctx;
+    conn_close(c);
+    ev->failed(ctx, UPSTREAM_FAIL_DNS, c->error);
+}
+
 static void update_events(upstream_conn *c)
 {
     uint32_t want = EPOLLRDHUP;
@@ -298,6 +351,10 @@ static void update_events(upstream_conn *c)
 static bool try_next_address(upstream_conn *c)
 {
     upstream_target *t = c->target;
+    if (c->addr_generation != t->dns_generation) { /* DNS moved meanwhile: start over on the new list */
+        c->addr_generation = t->dns_generation;
+        c->addr_index = 0;
+    }
     while (c->addr_index < t->addr_count) {
         size_t i = c->addr_index++;
         int fd = socket(t->addrs[i].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -317,6 +374,8 @@ static bool try_next_address(upstream_conn *c)
             continue;
         }
         c->fd = fd;
+        memcpy(&c->peer, &t->addrs[i], t->addr_lens[i]);
+        c->peer_len = t->addr_lens[i];
         if (loop_io_add(c->loop, &c->io, fd, EPOLLOUT | EPOLLRDHUP, on_conn_io, c) != 0) {
             c->last_errno = errno;
             close(fd);
@@ -331,6 +390,10 @@ static bool try_next_address(upstream_conn *c)
 static void on_connect_timeout(void *ctx)
 {
     upstream_conn *c = ctx;
+    if (c->state == CONN_RESOLVING) { /* the connect budget covers the lookup too */
+        fail_dns(c, dns_status_label(DNS_TIMEOUT));
+        return;
+    }
     fail(c, UPSTREAM_FAIL_CONNECT_TIMEOUT, "connect to upstream %s timed out%s",
          c->state == CONN_WAITING_SESSION ? " waiting for the first TLS handshake" : "");
 }
@@ -421,10 +484,40 @@ static void on_no_address(void *ctx)
          strerror(c->last_errno ? c->last_errno : EHOSTUNREACH));
 }
 
+static void on_resolved(void *ctx, const dns_result *res)
+{
+    upstream_conn *c = ctx;
+    c->query = NULL;
+    /* The target holds the newest answer, this one or one taken meanwhile. */
+    take_answer(c->target, res);
+    if (c->target->dns_failed) {
+        fail_dns(c, c->target->dns_error);
+        return;
+    }
+    c->state = CONN_CONNECTING;
+    if (!try_next_address(c)) /* the timer still runs: the rest of the budget is the connect's */
+        on_no_address(c);
+}
+
+static void on_dns_unusable(void *ctx)
+{
+    upstream_conn *c = ctx;
+    fail_dns(c, c->target->resolver ? c->target->dns_error : "no resolver configured");
+}
+
 upstream_conn *upstream_open(upstream_target *t, loop *l, uint64_t connect_timeout_ms, bool pooled,
                              const upstream_events *ev, void *ctx)
 {
-    upstream_conn *c = pooled ? t->idle : NULL;
+    bool resolve = false;
+    if (t->needs_dns && t->resolver) {
+        dns_result res;
+        dns_peek_verdict v = dns_peek(t->resolver, t->base.host, t->base.port, t->dns_generation, &res);
+        if (v == DNS_PEEK_CHANGED)
+            take_answer(t, &res);
+        resolve = v == DNS_PEEK_MISS;
+    }
+    bool usable = !t->needs_dns || (t->resolver && !resolve && !t->dns_failed);
+    upstream_conn *c = pooled && usable ? t->idle : NULL;
     if (c) {
         idle_unlink(c);
         loop_timer_stop(l, &c->timer);
@@ -453,8 +546,21 @@ upstream_conn *upstream_open(upstream_target *t, loop *l, uint64_t connect_timeo
     c->ev = ev;
     c->ctx = ctx;
     c->state = CONN_CONNECTING;
+    c->addr_generation = t->dns_generation;
     t->connects++;
-    if (try_next_address(c))
+    if (resolve) {
+        c->state = CONN_RESOLVING;
+        c->query = dns_resolve(t->resolver, t->base.host, t->base.port, on_resolved, c);
+        if (!c->query) {
+            free(c);
+            return NULL;
+        }
+        loop_timer_arm(l, &c->timer, connect_timeout_ms, on_connect_timeout, c);
+        return c;
+    }
+    if (!usable)
+        loop_timer_arm(l, &c->timer, 0, on_dns_unusable, c);
+    else if (try_next_address(c))
         loop_timer_arm(l, &c->timer, connect_timeout_ms, on_connect_timeout, c);
     else /* report through the loop, not from inside this call */
         loop_timer_arm(l, &c->timer, 0, on_no_address, c);

@@ -1,6 +1,8 @@
-/* Connections to the upstream: resolve once at start-up, non-blocking
- * connect under a timeout trying each address, plain or TLS transport, and
- * a pool of idle keep-alive connections reused by later requests. */
+/* Connections to the upstream: the host resolved at connect time through
+ * the reactor's resolver (cached: the steady state is a hash lookup), a
+ * non-blocking connect under a timeout trying each address, plain or TLS
+ * transport, and a pool of idle keep-alive connections reused by later
+ * requests, which follows the addresses when DNS moves them. */
 #ifndef SSEGATE_UPSTREAM_H
 #define SSEGATE_UPSTREAM_H
 
@@ -12,6 +14,7 @@
 #include <sys/uio.h>
 
 #include "core/loop.h"
+#include "upstream/resolver.h"
 #include "upstream/tls.h"
 #include "upstream/url.h"
 
@@ -38,19 +41,32 @@ typedef struct upstream_target {
     bool tls_sessionless; /* its last first handshake gave no session: no waiting */
     uint64_t idle_timeout_ms;
     uint64_t connects, reuses; /* counters */
+    /* A host name (not an IP literal) is resolved at connect time; addrs
+     * then hold the latest answer, of generation dns_generation. */
+    bool needs_dns;
+    dns_resolver *resolver;
+    dns_query *prefetch;
+    uint64_t dns_generation;
+    bool dns_failed; /* the latest answer was a failure, which dns_error names */
+    char dns_error[DNS_DETAIL_MAX];
 } upstream_target;
 
-/* Parses the URL, resolves the host (blocking, at start-up only), loads the
- * CA bundle for https. Returns 0, or -1 with *why. */
+/* Parses the URL, takes an IP literal host as the address (a name needs
+ * upstream_target_use_resolver), loads the CA bundle for https. Nothing
+ * blocks. Returns 0, or -1 with *why. */
 int upstream_target_init(upstream_target *t, const char *base_url, const char *api_key, const char *ca_file,
                          const char **why);
+/* Resolves a host name through r from now on, and starts a first lookup
+ * without waiting for it. */
+void upstream_target_use_resolver(upstream_target *t, dns_resolver *r);
 void upstream_target_free(upstream_target *t, loop *l);
 
 typedef enum upstream_failure {
     UPSTREAM_FAIL_CONNECT,
     UPSTREAM_FAIL_CONNECT_TIMEOUT,
     UPSTREAM_FAIL_TLS,
-    UPSTREAM_FAIL_IO
+    UPSTREAM_FAIL_IO,
+    UPSTREAM_FAIL_DNS /* "upstream DNS failed: <host>: <NXDOMAIN|SERVFAIL|timeout|...>" */
 } upstream_failure;
 
 typedef struct upstream_events {

@@ -1,5 +1,6 @@
 /* Durations and sizes as the flags and environment give them. */
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "core/config.h"
 #include "unit.h"
@@ -86,4 +87,31 @@ TEST(config_bad_sizes)
                                       "5\n"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         check_bad_size(bad[i]);
+}
+
+TEST(config_resolver_files)
+{
+    /* Defaults, then the environment, then flags. */
+    unsetenv("SSEGATE_RESOLV_CONF");
+    unsetenv("SSEGATE_HOSTS_FILE");
+    char prog[] = "ssegate", f1[] = "--resolv-conf", v1[] = "/tmp/r.conf", f2[] = "--hosts-file=/tmp/h";
+    char *plain[] = {prog, NULL};
+    config c;
+    CHECK(config_load(&c, 1, plain) == 0);
+    CHECK_STR(c.resolv_conf, "/etc/resolv.conf");
+    CHECK_STR(c.hosts_file, "/etc/hosts");
+    config_free(&c);
+    setenv("SSEGATE_RESOLV_CONF", "/env/resolv.conf", 1);
+    setenv("SSEGATE_HOSTS_FILE", "/env/hosts", 1);
+    CHECK(config_load(&c, 1, plain) == 0);
+    CHECK_STR(c.resolv_conf, "/env/resolv.conf");
+    CHECK_STR(c.hosts_file, "/env/hosts");
+    config_free(&c);
+    char *flags[] = {prog, f1, v1, f2, NULL};
+    CHECK(config_load(&c, 4, flags) == 0);
+    CHECK_STR(c.resolv_conf, "/tmp/r.conf");
+    CHECK_STR(c.hosts_file, "/tmp/h");
+    config_free(&c);
+    unsetenv("SSEGATE_RESOLV_CONF");
+    unsetenv("SSEGATE_HOSTS_FILE");
 }
