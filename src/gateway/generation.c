@@ -49,8 +49,8 @@ static void free_targets(config_gen *routes, void *ctx)
     gen->upstreams = NULL;
 }
 
-generation *generation_load(const config *cfg, loop *l, metrics *m, const char *single_url, const char *single_name,
-                            char *why, size_t why_cap)
+generation *generation_load(const config *cfg, loop *l, metrics *m, dns_resolver *resolver, const char *single_url,
+                            const char *single_name, char *why, size_t why_cap)
 {
     generation *gen = calloc(1, sizeof *gen);
     if (!gen) {
@@ -88,6 +88,8 @@ generation *generation_load(const config *cfg, loop *l, metrics *m, const char *
             return NULL;
         }
         snprintf(u->target.name, sizeof u->target.name, "%s", d->name);
+        if (u->target.needs_dns)
+            upstream_target_use_resolver(&u->target, resolver);
         u->metrics_id = metrics_upstream(m, slice_of(d->name));
     }
     gen->auth = auth_new(cfg, m, r->clients, r->client_count, why, why_cap);

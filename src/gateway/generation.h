@@ -48,8 +48,8 @@ typedef struct generation {
 /* Loads --config (or, without one, the single upstream of the flags, at
  * `single_url` named `single_name`) and the client keys. NULL with a
  * message in why when anything is wrong; nothing is half-loaded. */
-generation *generation_load(const config *cfg, loop *l, metrics *m, const char *single_url, const char *single_name,
-                            char *why, size_t why_cap);
+generation *generation_load(const config *cfg, loop *l, metrics *m, dns_resolver *resolver, const char *single_url,
+                            const char *single_name, char *why, size_t why_cap);
 /* After a reload: health and clients' limit counters carry over from the
  * generation being replaced. */
 void generation_inherit(generation *to, const generation *from);
