@@ -97,20 +97,32 @@ def resume_after_3_all_and_ended(ctx):
     c.close()   # the connection drops after 3 events; the upstream goes on
     first = raw_events(got.raw)[:3]
     last_id = first[-1]['id']
+    t0 = time.monotonic()
     c2, head2 = open_stream(gw.port, 12, delay=40, last_id=last_id)
     try:
         check(head2.status == 200 and head2.header('ssegate-stream') == token, 'resume: %d %s' % (head2.status, head2.raw))
-        st2 = read_stream(c2, head2, 10)
+        t_first = []
+        st2 = read_stream(c2, head2, 10, stop=lambda s: (t_first.append(time.monotonic()) if raw_events(s.raw) and
+                                                          not t_first else None) and False)
     finally:
         c2.close()
+    if t_first:
+        figure('reconnect with Last-Event-ID mid-stream to its first event: %.2f ms (the upstream paces 40 ms an event)'
+               % ((t_first[0] - t0) * 1000))
     rest = raw_events(st2.raw)
     check(int(rest[0]['id'].split('.')[1]) == 4, 'the resumed stream starts at %s, want event 4' % rest[0]['id'])
     check(content_of(first + rest) == expected_content(12), 'gap or repeat: %s' % short(content_of(first + rest)))
     check(st2.terminated, 'the resumed stream did not end properly')
     # after it ended: again from 3 (within the window), and from the very last event
+    t0 = time.monotonic()
     c3, head3 = open_stream(gw.port, 12, last_id=last_id)
-    st3 = read_stream(c3, head3, 5)
+    t_replay = []
+    st3 = read_stream(c3, head3, 5, stop=lambda s: (t_replay.append(time.monotonic()) if raw_events(s.raw) and
+                                                     not t_replay else None) and False)
     c3.close()
+    if t_replay:
+        figure('reconnect with Last-Event-ID to the first replayed event (from the ring): %.2f ms'
+               % ((t_replay[0] - t0) * 1000))
     check(content_of(first + raw_events(st3.raw)) == expected_content(12), 'a replay after the end differs')
     last = rest[-1]['id']
     c4, head4 = open_stream(gw.port, 12, last_id=last)
