@@ -50,6 +50,18 @@ static inline bool slice_to_u64(slice s, uint64_t max, uint64_t *out)
     return true;
 }
 
+/* Without the spaces and tabs around it (HTTP's optional white space). */
+static inline slice slice_trim_ows(slice s)
+{
+    while (s.len && (s.ptr[0] == ' ' || s.ptr[0] == '\t')) {
+        s.ptr++;
+        s.len--;
+    }
+    while (s.len && (s.ptr[s.len - 1] == ' ' || s.ptr[s.len - 1] == '\t'))
+        s.len--;
+    return s;
+}
+
 static inline bool slice_starts_with(slice s, slice prefix)
 {
     return s.len >= prefix.len && memcmp(s.ptr, prefix.ptr, prefix.len) == 0;

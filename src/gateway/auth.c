@@ -121,33 +121,23 @@ void auth_inherit(auth *to, const auth *from)
 
 size_t auth_key_count(const auth *a) { return a->keys ? keyring_count(a->keys) : 0; }
 
-static slice trim(slice s)
-{
-    while (s.len && (s.ptr[0] == ' ' || s.ptr[0] == '\t')) {
-        s.ptr++;
-        s.len--;
-    }
-    while (s.len && (s.ptr[s.len - 1] == ' ' || s.ptr[s.len - 1] == '\t'))
-        s.len--;
-    return s;
-}
 
 slice auth_credential(const http_header *headers, size_t count, bool *malformed)
 {
     *malformed = false;
     const http_header *h = http_find_header(headers, count, SLICE_LIT("authorization"));
     if (h) {
-        slice v = trim(h->value);
+        slice v = slice_trim_ows(h->value);
         if (v.len < 7 || !slice_eq_nocase((slice){v.ptr, 7}, SLICE_LIT("bearer "))) {
             *malformed = true;
             return (slice){NULL, 0};
         }
-        return trim((slice){v.ptr + 7, v.len - 7});
+        return slice_trim_ows((slice){v.ptr + 7, v.len - 7});
     }
     h = http_find_header(headers, count, SLICE_LIT("x-api-key"));
     if (!h)
         h = http_find_header(headers, count, SLICE_LIT("api-key"));
-    return h ? trim(h->value) : (slice){NULL, 0};
+    return h ? slice_trim_ows(h->value) : (slice){NULL, 0};
 }
 
 static bool looks_like_jwt(slice s)

@@ -94,9 +94,10 @@ static bool gap_is(const char *s, size_t from, size_t to, char sep)
 static bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
 /* true, false, null, or a number as RFC 8259 §6 has it. */
-static bool primitive_ok(const char *p, size_t len)
+bool json_primitive_ok(slice v)
 {
-    slice v = {p, len};
+    const char *p = v.ptr;
+    size_t len = v.len;
     if (slice_eq(v, SLICE_LIT("true")) || slice_eq(v, SLICE_LIT("false")) || slice_eq(v, SLICE_LIT("null")))
         return true;
     size_t i = 0;
@@ -152,7 +153,7 @@ static int check_value(const walk *w, int i, int depth)
     if (t->type == JSMN_STRING)
         return t->size == 0 && (!w->strict || string_ok(s + t->start, len)) ? i + 1 : -1;
     if (t->type == JSMN_PRIMITIVE)
-        return t->size == 0 && (!w->strict || primitive_ok(s + t->start, len)) ? i + 1 : -1;
+        return t->size == 0 && (!w->strict || json_primitive_ok((slice){s + t->start, len})) ? i + 1 : -1;
     bool object = t->type == JSMN_OBJECT;
     if (!object && t->type != JSMN_ARRAY)
         return -1;

@@ -50,6 +50,10 @@ int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *
  * tokenised. False when there is none. */
 bool json_find_usage(const char *body, size_t len, arena *a, json_chunk_info *out);
 
+/* true, false, null, or a number as RFC 8259 §6 has it: what strict JSON
+ * allows where jsmn saw a primitive. */
+bool json_primitive_ok(slice v);
+
 /* {"error":{"message":..,"type":..,"param":null,"code":..}} */
 void json_write_error(wbuf *b, const char *message, const char *type, const char *code);
 

@@ -1,6 +1,7 @@
 #include "gateway/jwt.h"
 
 #include "core/base64.h"
+#include "gateway/json.h"
 
 /* BearSSL's inline helpers trip -Wconversion; they are not our code. */
 #pragma GCC diagnostic push
@@ -155,37 +156,6 @@ static bool gap_is(const char *s, size_t from, size_t to, char sep)
     return seen;
 }
 
-static bool primitive_ok(slice v)
-{
-    if (slice_eq(v, SLICE_LIT("true")) || slice_eq(v, SLICE_LIT("false")) || slice_eq(v, SLICE_LIT("null")))
-        return true;
-    size_t i = 0, n = v.len;
-    const char *p = v.ptr;
-    if (i < n && p[i] == '-')
-        i++;
-    if (i < n && p[i] == '0')
-        i++;
-    else if (i < n && is_digit(p[i]))
-        while (i < n && is_digit(p[i]))
-            i++;
-    else
-        return false;
-    if (i < n && p[i] == '.') {
-        if (++i >= n || !is_digit(p[i]))
-            return false;
-        while (i < n && is_digit(p[i]))
-            i++;
-    }
-    if (i < n && (p[i] == 'e' || p[i] == 'E')) {
-        if (++i < n && (p[i] == '+' || p[i] == '-'))
-            i++;
-        if (i >= n || !is_digit(p[i]))
-            return false;
-        while (i < n && is_digit(p[i]))
-            i++;
-    }
-    return i == n;
-}
 
 /* The bytes a JSON string's raw contents stand for, one at a time: escapes
  * undone, \uXXXX (and surrogate pairs) as UTF-8. */
@@ -341,7 +311,7 @@ static int jcheck(jdoc *d, int i, int depth)
     if (t->type == JSMN_STRING)
         return t->size == 0 && jstr_valid(tok_slice(d, i)) ? i + 1 : -1;
     if (t->type == JSMN_PRIMITIVE)
-        return t->size == 0 && primitive_ok(tok_slice(d, i)) ? i + 1 : -1;
+        return t->size == 0 && json_primitive_ok(tok_slice(d, i)) ? i + 1 : -1;
     bool object = t->type == JSMN_OBJECT;
     if (!object && t->type != JSMN_ARRAY)
         return -1;

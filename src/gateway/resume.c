@@ -102,19 +102,25 @@ static void link_reader(job *j, resume_reader *r)
     j->readers = r;
 }
 
-/* The reader's request is over (its client stays, or goes). */
-static void end_reader(resume_reader *r, bool reusable)
+/* Off the ring and its job's list; freed at the end of the tick. */
+static void release_reader(resume_reader *r)
 {
-    if (r->done)
-        return;
     r->done = true;
     unlink_reader(r);
     if (r->attached)
         replay_detach(&r->rr, now_ms(r->hub));
     r->attached = false;
     arm_expiry(r->hub);
-    r->sink->finished(r->client, reusable);
     loop_defer(r->hub->loop, &r->freeing, free_reader, r);
+}
+
+/* The reader's request is over; its client may go on. */
+static void end_reader(resume_reader *r, bool reusable)
+{
+    if (r->done)
+        return;
+    release_reader(r);
+    r->sink->finished(r->client, reusable);
 }
 
 static size_t reader_head(const resume_reader *r, char *out, size_t cap)
@@ -567,13 +573,7 @@ void resume_reader_gone(resume_reader *r)
             loop_defer(r->hub->loop, &pj->ending, end_job, pj);
         }
     }
-    r->done = true;
-    unlink_reader(r);
-    if (r->attached)
-        replay_detach(&r->rr, now_ms(r->hub));
-    r->attached = false;
-    arm_expiry(r->hub);
-    loop_defer(r->hub->loop, &r->freeing, free_reader, r);
+    release_reader(r);
 }
 
 uint64_t resume_reader_bytes(const resume_reader *r) { return r->bytes; }

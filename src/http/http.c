@@ -86,16 +86,6 @@ static bool next_line(const char **pos, const char *end, slice *line)
     return true;
 }
 
-static slice trim_ows(slice s)
-{
-    while (s.len && (s.ptr[0] == ' ' || s.ptr[0] == '\t')) {
-        s.ptr++;
-        s.len--;
-    }
-    while (s.len && (s.ptr[s.len - 1] == ' ' || s.ptr[s.len - 1] == '\t'))
-        s.len--;
-    return s;
-}
 
 bool http_list_has_token(slice list, slice token)
 {
@@ -104,7 +94,7 @@ bool http_list_has_token(slice list, slice token)
         size_t start = i;
         while (i < list.len && list.ptr[i] != ',')
             i++;
-        if (slice_eq_nocase(trim_ows((slice){list.ptr + start, i - start}), token))
+        if (slice_eq_nocase(slice_trim_ows((slice){list.ptr + start, i - start}), token))
             return true;
         i++;
     }
@@ -136,7 +126,7 @@ static http_parse_result parse_fields(const char **pos, const char *end, http_he
             *error = "malformed header field name";
             return HTTP_PARSE_BAD_REQUEST;
         }
-        slice value = trim_ows((slice){line.ptr + colon + 1, line.len - colon - 1});
+        slice value = slice_trim_ows((slice){line.ptr + colon + 1, line.len - colon - 1});
         for (size_t i = 0; i < value.len; i++)
             if (!is_field_char((unsigned char)value.ptr[i])) {
                 *error = "invalid character in header field value";

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/config.h"
+#include "gateway/json.h"
 
 #define JSMN_STATIC
 #define JSMN_STRICT
@@ -190,37 +191,6 @@ static bool gap_ok(const char *s, size_t from, size_t to, char sep, size_t *bad)
 }
 
 /* RFC 8259 §6, or one of the three literals. */
-static bool primitive_ok(slice v)
-{
-    if (slice_eq(v, SLICE_LIT("true")) || slice_eq(v, SLICE_LIT("false")) || slice_eq(v, SLICE_LIT("null")))
-        return true;
-    const char *p = v.ptr;
-    size_t i = 0, n = v.len;
-    if (i < n && p[i] == '-')
-        i++;
-    if (i < n && p[i] == '0')
-        i++;
-    else if (i < n && is_digit(p[i]))
-        while (i < n && is_digit(p[i]))
-            i++;
-    else
-        return false;
-    if (i < n && p[i] == '.') {
-        if (++i >= n || !is_digit(p[i]))
-            return false;
-        while (i < n && is_digit(p[i]))
-            i++;
-    }
-    if (i < n && (p[i] == 'e' || p[i] == 'E')) {
-        if (++i < n && (p[i] == '+' || p[i] == '-'))
-            i++;
-        if (i >= n || !is_digit(p[i]))
-            return false;
-        while (i < n && is_digit(p[i]))
-            i++;
-    }
-    return i == n;
-}
 
 /* jsmn checks escapes; raw control characters are for us to refuse. */
 static bool string_ok(slice v, size_t *bad, size_t base)
@@ -249,7 +219,7 @@ static int walk_value(const reader *r, int i, int depth, size_t *bad)
     if (t->type == JSMN_STRING)
         return t->size == 0 && string_ok(raw, bad, (size_t)t->start) ? i + 1 : (*bad = (size_t)t->start, -1);
     if (t->type == JSMN_PRIMITIVE)
-        return t->size == 0 && primitive_ok(raw) ? i + 1 : (*bad = (size_t)t->start, -1);
+        return t->size == 0 && json_primitive_ok(raw) ? i + 1 : (*bad = (size_t)t->start, -1);
     bool object = t->type == JSMN_OBJECT;
     if (!object && t->type != JSMN_ARRAY) {
         *bad = (size_t)t->start;
