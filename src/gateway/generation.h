@@ -43,6 +43,7 @@ typedef struct generation {
     auth *auth;
     loop *loop;
     metrics *metrics;
+    char first_model[128]; /* the first model an upstream's /v1/models listed, once one was asked */
 } generation;
 
 /* Loads --config (or, without one, the single upstream of the flags, at

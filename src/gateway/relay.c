@@ -763,8 +763,28 @@ static void end_of_answer(relay *r)
 }
 
 /* Reads the usage of a JSON answer that stayed whole in buf. */
+/* The first model of an upstream's /v1/models answer: /chat/stream's
+ * default when its URL names none (§7). */
+static void note_first_model(relay *r)
+{
+    slice body = {r->buf + r->body_start, r->dec_end - r->body_start};
+    static const char key[] = "\"id\":\"";
+    const char *at = memmem(body.ptr, body.len, key, sizeof key - 1);
+    if (!at)
+        return;
+    const char *start = at + sizeof key - 1, *end = body.ptr + body.len;
+    const char *close = memchr(start, '"', (size_t)(end - start));
+    size_t n = close ? (size_t)(close - start) : 0;
+    if (n == 0 || n >= sizeof r->req->gen->first_model || memchr(start, '\\', n))
+        return; /* escaped names are left to the caller to spell */
+    memcpy(r->req->gen->first_model, start, n);
+    r->req->gen->first_model[n] = '\0';
+}
+
 static void read_answer_usage(relay *r)
 {
+    if (r->res.status == 200 && slice_eq(r->req->http->path, SLICE_LIT("/v1/models")))
+        note_first_model(r);
     arena_mark mark = arena_mark_now(r->arena);
     json_chunk_info info;
     if (json_find_usage(r->buf + r->body_start, r->dec_end - r->body_start, r->arena, &info)) {

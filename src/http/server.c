@@ -701,6 +701,8 @@ static bool query_param(slice query, slice name, char *out, size_t cap, size_t *
 /* The model /chat/stream asks for when the URL names none. */
 static const char *default_model(const server *s)
 {
+    if (s->gen->first_model[0])
+        return s->gen->first_model; /* what the upstream listed (the page asks for /v1/models first) */
     const config_gen *routes = s->gen->routes;
     for (size_t i = 0; i < routes->upstream_count; i++)
         if (routes->upstreams[i].model_count)

@@ -293,3 +293,36 @@ def resume_memory_returns_after_1000(ctx):
            % (idle, full, after))
     if not is_asan(ctx.env.args.gateway):
         check(after - idle < 4096, 'RSS stayed %d KiB above idle after every stream expired' % (after - idle))
+
+
+@test(ANY)
+def resume_flag_makes_v1_streams_resumable(ctx):
+    mock, gw = resume_pair(ctx, 'flag', ['--resumable'])
+    before = mock.stats()['requests']
+    head, st, c, _ = stream_chat(gw.port, n=6)   # no Ssegate-Resumable header: the flag is enough
+    c.close()
+    token = head.header('ssegate-stream', '')
+    evs = raw_events(st.raw)
+    check(token and all(ID_RE.match(e['id'] or '') for e in evs), 'ids missing with --resumable: %s' % short(st.raw))
+    # an SDK client re-sends the same POST with Last-Event-ID
+    c = HTTPConn(gw.port)
+    c.send(build_request('POST', '/v1/chat/completions', chat_headers(gw.port, n=6) + [('Last-Event-ID', evs[1]['id'])],
+                         chat_body(True)))
+    h2 = c.read_head(5)
+    st2 = read_stream(c, h2, 5)
+    c.close()
+    check(content_of(evs[:2] + raw_events(st2.raw)) == expected_content(6), 'the re-sent POST did not resume')
+    check(mock.stats()['requests'] == before + 1, 'the upstream was asked again')
+
+
+@test(ANY)
+def chat_stream_default_model_from_upstream_list(ctx):
+    mock, gw = resume_pair(ctx, 'default-model')
+    r = call(gw.port, 'GET', '/v1/models', [('Host', 'x')])
+    check(r.status == 200, '/v1/models: %d' % r.status)
+    first = r.json()['data'][0]['id']
+    r = call(gw.port, 'GET', '/chat/stream?q=which+model', [('Host', 'x')], timeout=10)
+    check(r.status == 200, '/chat/stream: %d' % r.status)
+    sent = json.loads(mock.last()['body'])
+    check(sent['model'] == first, 'without ?model= the upstream was asked for %r, want its first model %r'
+          % (sent['model'], first))
