@@ -16,13 +16,14 @@ FROM debian:bookworm-slim AS build
 ENV DEBIAN_FRONTEND=noninteractive
 # The package lists stay: third_party/fetch.sh downloads with apt-get.
 RUN apt-get update -q \
- && apt-get install -y -q --no-install-recommends gcc libc6-dev make ca-certificates
+ && apt-get install -y -q --no-install-recommends gcc libc6-dev make ca-certificates musl-tools
 WORKDIR /src
 # Dependencies first, so this layer is reused until the pins change.
 COPY Makefile ./
 COPY third_party/fetch.sh third_party/
 RUN make deps
 COPY src/ src/
+COPY tools/embed.c tools/
 # Fail the build, not the container, if the binary is not static.
 RUN make ssegate \
  && ! readelf -l ssegate | grep -q INTERP \

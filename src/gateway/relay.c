@@ -1395,6 +1395,13 @@ static uint64_t or_default(uint64_t v, uint64_t fallback) { return v ? v : fallb
 static void start_attempt(relay *r)
 {
     upstream_def *d = plan_next(&r->plan, now(r));
+    config_gen *routes = r->req->gen->routes;
+    if (!d && r->plan.attempts == 0 && routes->upstream_count == 1 && plan_wait_ms(&r->plan, now(r))) {
+        /* A lone upstream that cools is still the only one there is: ask it, so the
+         * client hears its real failure rather than "all cooling down". */
+        d = &routes->upstreams[0];
+        r->plan.attempts++;
+    }
     if (!d) {
         no_upstream_left(r);
         return;

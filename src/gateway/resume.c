@@ -277,6 +277,7 @@ static bool tap_begin(void *ctx, const http_response *res)
     replay_set_user(j->stream, j);
     resume_reader *p = j->primary;
     j->primary = NULL;
+    p->asked = NULL; /* a reader like any other from here on */
     replay_attach(j->stream, &p->rr, 0);
     p->attached = true;
     link_reader(j, p);
@@ -388,6 +389,8 @@ static void end_job(void *ctx)
             unlink_reader(r); /* no new events will come: they read on by themselves */
         }
     }
+    if (j->primary) /* its stream never began, and its client is still there */
+        j->primary->asked = NULL;
     if (j->has_caller)
         auth_release(j->gen->auth, &j->caller);
     generation_release(j->gen);

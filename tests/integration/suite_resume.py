@@ -326,3 +326,18 @@ def chat_stream_default_model_from_upstream_list(ctx):
     sent = json.loads(mock.last()['body'])
     check(sent['model'] == first, 'without ?model= the upstream was asked for %r, want its first model %r'
           % (sent['model'], first))
+
+
+@test(ANY)
+def resume_cancel_while_reading_then_leave(ctx):
+    # the page's Stop: DELETE while its own connection still reads the stream, then it goes
+    mock, gw = resume_pair(ctx)
+    c, head = open_stream(gw.port, 400, delay=20)
+    token = head.header('ssegate-stream')
+    read_stream(c, head, 10, stop=lambda s: len(raw_events(s.raw)) >= 2)
+    r = call(gw.port, 'DELETE', '/streams/' + token, [('Host', 'x')])
+    check(r.status == 204, 'DELETE: %d' % r.status)
+    time.sleep(0.1)
+    c.close()
+    time.sleep(0.1)
+    check(ping_ok(gw), 'the gateway stopped answering')
