@@ -26,7 +26,7 @@ typedef struct pair pair;
 /* One direction: bytes read from `from` wait in buf[off..len) for `to`. */
 typedef struct {
     int from, to;
-    char buf[BUF_SIZE];
+    char *buf; /* BUF_SIZE bytes, malloc'd: pages become resident only when used */
     size_t off, len;
     bool eof;      /* `from` said it sends no more */
     bool shut;     /* and `to` was told so, once buf drained */
@@ -89,7 +89,7 @@ static bool flow_pump(flow *f)
             }
             return true;
         }
-        ssize_t n = read(f->from, f->buf, sizeof f->buf);
+        ssize_t n = read(f->from, f->buf, BUF_SIZE);
         if (n > 0) {
             f->len = (size_t)n;
             continue;
@@ -127,11 +127,16 @@ static void accept_one(int ep, int client)
         return;
     }
     pair *p = calloc(1, sizeof *p);
-    if (!p) {
+    char *bufs = malloc(2 * BUF_SIZE);
+    if (!p || !bufs) {
+        free(p);
+        free(bufs);
         close(client);
         close(upstream);
         return;
     }
+    p->up.buf = bufs;
+    p->down.buf = bufs + BUF_SIZE;
     p->client_end.p = p;
     p->upstream_end.p = p;
     p->up.from = client;
@@ -219,6 +224,7 @@ int main(int argc, char **argv)
         while (dead_list) {
             pair *p = dead_list;
             dead_list = p->next_dead;
+            free(p->up.buf);
             free(p);
         }
     }
