@@ -92,6 +92,13 @@ async def hold(port, n, pid, payload, done):
             w.close()
 
 
+def recv_some(sock):
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise SystemExit("connection closed before the first event")
+    return chunk
+
+
 def latency(port, n, stream):
     payload = request(stream)
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -103,7 +110,7 @@ def latency(port, n, stream):
         sock.sendall(payload)
         if stream:
             while not has_first_event(buf):
-                buf += sock.recv(65536)
+                buf += recv_some(sock)
             times.append(time.perf_counter_ns() - t0)
             buf = read_answer(sock, buf)
         else:

@@ -49,7 +49,7 @@ start_mock() {
 # ssegate on PORT relaying to the mock, optionally under a wrapper (valgrind).
 start_gateway() {
     local port=$1; shift
-    OPENAI_API_KEY=bench-key "$@" ./ssegate --listen "127.0.0.1:$port" --upstream "http://127.0.0.1:$MOCK/v1" \
+    OPENAI_API_KEY=bench-key "$@" ./ssegate --listen "127.0.0.1:$port" --upstream "${GW_UPSTREAM:-http://127.0.0.1:$MOCK/v1}" \
         --log-format json "${GW_EXTRA[@]}" 2>"$work/gw.err" &
     GW_PID=$!
     pids+=($GW_PID)
@@ -72,12 +72,13 @@ http {
     access_log off;
     client_body_temp_path $work/nginx/tmp;
     proxy_temp_path $work/nginx/tmp;
-    upstream mock { server 127.0.0.1:$MOCK; keepalive 64; }
+    upstream mock { server 127.0.0.1:${NG_UPSTREAM_PORT:-$MOCK}; keepalive 64; keepalive_requests 1000000; }
+    keepalive_requests 1000000;
     server {
         listen 127.0.0.1:$port;
         location /v1/ {
-            proxy_pass http://mock;
-            proxy_http_version 1.1;
+            proxy_pass ${NG_SCHEME:-http}://mock;
+${NG_TLS:-}            proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Authorization "Bearer bench-key";
             proxy_buffering off;
@@ -107,6 +108,35 @@ start_minrelay() {
         sleep 0.1
     done
     echo "minrelay did not start"; cat "$work/minrelay.err"; exit 1
+}
+
+# A throw-away CA and a leaf for localhost, for a TLS mock upstream.
+make_certs() {
+    local d=$work/tls
+    mkdir -p "$d"
+    (
+        cd "$d" || exit 1
+        openssl ecparam -name prime256v1 -genkey -noout -out ca.key &&
+        openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=ssegate bench CA" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -out ca.pem &&
+        openssl ecparam -name prime256v1 -genkey -noout -out leaf-key.pem &&
+        openssl req -new -key leaf-key.pem -subj /CN=localhost -out leaf.csr &&
+        printf '%s\n' basicConstraints=critical,CA:FALSE keyUsage=critical,digitalSignature \
+            extendedKeyUsage=serverAuth subjectAltName=DNS:localhost >leaf.ext &&
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 \
+            -extfile leaf.ext -out leaf.pem &&
+        cat leaf.pem ca.pem >chain.pem
+    ) >"$work/tls.log" 2>&1
+}
+
+# Sets MOCK_TLS to the port of a second mock that speaks TLS.
+start_mock_tls() {
+    tools/mock-upstream --listen 127.0.0.1:0 --chunks "$CHUNKS" --tls-cert "$work/tls/chain.pem" \
+        --tls-key "$work/tls/leaf-key.pem" >"$work/mock-tls.out" 2>"$work/mock-tls.err" &
+    pids+=($!)
+    for _ in $(seq 50); do grep -q LISTEN "$work/mock-tls.out" && break; sleep 0.1; done
+    MOCK_TLS=$(sed -n 's/^LISTEN 127.0.0.1:\([0-9]*\).*/\1/p' "$work/mock-tls.out")
+    [ -n "$MOCK_TLS" ]
 }
 
 # start SYSTEM PORT [WRAPPER...]: sets PID_OF[SYSTEM] and PORT_OF[SYSTEM].
@@ -180,7 +210,7 @@ for run in $(seq "$RUNS"); do
     for mode in plain stream; do
         for name in mock $SYSTEMS; do
             say "latency run $run/$RUNS $mode $name"
-            read -r p50 p99 < <(taskset -c 0 python3 bench/load.py latency "${PORT_OF[$name]}" "$LAT_REQS" "$mode")
+            read -r p50 p99 < <(timeout 120 taskset -c 0 python3 bench/load.py latency "${PORT_OF[$name]}" "$LAT_REQS" "$mode")
             S[p50_$mode,$name]+=" $p50"; S[p99_$mode,$name]+=" $p99"
         done
     done
@@ -209,6 +239,29 @@ for name in $SYSTEMS; do
     R[idle,$name]=$(timeout 150 python3 bench/load.py idle "${PORT_OF[$name]}" "$IDLE" "${PID_OF[$name]}")
     stop_pid "${PID_OF[$name]}"
 done
+
+# The same paced streams over a TLS upstream (ssegate and nginx; minrelay
+# copies bytes and has no TLS to terminate).
+TLS_N=${STREAM_COUNTS%% *}
+if [ "${BENCH_TLS:-1}" = 1 ] && make_certs && start_mock_tls; then
+    GW_UPSTREAM=https://localhost:$MOCK_TLS/v1
+    GW_EXTRA=(--ca-file "$work/tls/ca.pem")
+    NG_SCHEME=https NG_UPSTREAM_PORT=$MOCK_TLS
+    NG_TLS="            proxy_ssl_trusted_certificate $work/tls/ca.pem;
+            proxy_ssl_verify on;
+            proxy_ssl_name localhost;
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;"
+    for name in ssegate nginx; do
+        say "RSS with $TLS_N paced streams, TLS upstream: $name"
+        start "$name" "$(free_port)"
+        R[tls_$TLS_N,$name]=$(timeout 150 python3 bench/load.py streams "${PORT_OF[$name]}" "$TLS_N" "${PID_OF[$name]}")
+        stop_pid "${PID_OF[$name]}"
+    done
+    GW_UPSTREAM= GW_EXTRA=() NG_SCHEME= NG_UPSTREAM_PORT= NG_TLS=
+else
+    [ "${BENCH_TLS:-1}" = 1 ] && say "TLS mock did not start: $(cat "$work/tls.log" "$work/mock-tls.err" 2>/dev/null | tail -3)"
+fi
 
 R[size,ssegate]=$(stat -c %s ssegate)
 R[size,nginx]=$(stat -c %s "$(command -v nginx)")
@@ -241,8 +294,8 @@ fi
 
 kib() { [ -n "$1" ] && calc %.1f "$1 / 1024"; }
 row() { # LABEL MOCK-CELL then one cell per system
-    printf '%-44s %10s' "$1" "$2"; shift 2
-    for v in "$@"; do printf ' %10s' "${v:--}"; done
+    printf '%-44s %12s' "$1" "$2"; shift 2
+    for v in "$@"; do printf ' %12s' "${v:--}"; done
     echo
 }
 cells() { local m=$1 name; for name in $SYSTEMS; do printf '%s\n' "${R[$m,$name]:-}"; done; }
@@ -265,9 +318,10 @@ mapfile_row "instructions/chunk stream (callgrind)" "" cells ins_chunk
 for n in $STREAM_COUNTS; do
     mapfile_row "RSS KiB/stream, $n paced streams" "" kib_cells "rss_$n"
 done
+[ -n "${TLS_N:-}" ] && mapfile_row "RSS KiB/stream, $TLS_N paced, TLS upstream" "" kib_cells "tls_$TLS_N"
 mapfile_row "RSS KiB/idle keep-alive conn ($IDLE)" "" kib_cells idle
-mapfile_row "latency added us p50/p99, plain (c=1)" "${R[p50_plain,mock]%.*}/${R[p99_plain,mock]%.*}" cells lat_plain
-mapfile_row "first event added us p50/p99, stream" "${R[p50_stream,mock]%.*}/${R[p99_stream,mock]%.*}" cells lat_stream
+mapfile_row "latency us p50/p99 plain (c=1; mock: raw)" "${R[p50_plain,mock]%.*}/${R[p99_plain,mock]%.*}" cells lat_plain
+mapfile_row "1st event us p50/p99 stream (others: added)" "${R[p50_stream,mock]%.*}/${R[p99_stream,mock]%.*}" cells lat_stream
 mapfile_row "binary KiB (ssegate static; others dynamic)" "" kib_cells size
 
 # The cost of client auth and limits: the same requests with a keys file of
