@@ -9,7 +9,8 @@
 # Usage: bench/run.sh [SECONDS per wrk run, default $BENCH_SECONDS or 5]
 # Knobs: BENCH_CONNS (wrk -c, 64), BENCH_CHUNKS (events per stream, 16),
 # BENCH_RUNS (3), BENCH_LAT_REQS (2000), BENCH_STREAMS ("1000 4000"),
-# BENCH_IDLE (1000), BENCH_CPU (latency CPU, the last), BENCH_TLS=0 skips TLS, BENCH_AUTH=1 adds the --keys-file cost table.
+# BENCH_IDLE (1000), BENCH_CPU (latency CPU, default the last), BENCH_TLS=0 skips
+# the TLS row, BENCH_AUTH=1 adds the --keys-file cost table.
 set -u
 cd "$(dirname "$0")/.."
 SECS=${1:-${BENCH_SECONDS:-5}}
