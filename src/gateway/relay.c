@@ -871,6 +871,14 @@ static bool process_body(relay *r, bool at_eof)
         return false;
     }
     compact(r);
+    if (r->len == 0 && !r->retain) {
+        /* Nothing pending: the buffer goes back to the pool until the next
+         * read, so a stream between chunks holds no buffer (the pool hands
+         * the same warm buffer to whichever stream reads next). */
+        evbuf_release(&r->in, r->env->read_buffers);
+        r->buf = NULL;
+        return true;
+    }
     if (r->state != RELAY_STREAM) {
         if (r->len == r->in.cap) {
             fail(r, 502, "upstream sent an answer the relay could not buffer", "upstream_protocol_error");
@@ -1194,7 +1202,7 @@ static void read_answer(relay *r)
     do
         read_once(r);
     while (r->up && upstream_is_tls(r->up) && r->state >= RELAY_AWAIT_HEAD && r->state != RELAY_FINISHED &&
-           r->last_read > 0 && r->len < r->in.cap && r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER);
+           r->last_read > 0 && (!r->buf || r->len < r->in.cap) && r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER);
 }
 
 static void read_once(relay *r)

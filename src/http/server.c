@@ -1079,6 +1079,10 @@ static void process_input(client *c)
     const config *cfg = c->srv->cfg;
     if (c->state == CLIENT_READING_HEAD) {
         if (c->in_len == 0) {
+            /* Idle with nothing buffered: the input buffer waits in the
+             * pool until the next request's first bytes. */
+            pool_put(&c->srv->in_buffers, c->in);
+            c->in = NULL;
             arm_timer(c, cfg->keepalive_timeout_ms);
             update_interest(c);
             return;
@@ -1298,6 +1302,10 @@ static void read_input(client *c)
         dst = c->body + c->body_len;
         room = (size_t)c->req.content_length - c->body_len;
     } else {
+        if (!c->in && !(c->in = pool_get(&c->srv->in_buffers))) {
+            client_close(c);
+            return;
+        }
         dst = c->in + c->in_len;
         room = IN_BUFFER - c->in_len;
     }

@@ -24,15 +24,32 @@ def events_pair(ctx, tag, extra=()):
 
 
 def big_event_stream(gw, size, n=3, timeout=30.0):
-    extra = [('X-Mock-Event-Size', str(size))]
-    return stream_chat(gw.port, timeout=timeout, n=n, extra=extra)
+    """A stream whose first content delta is `size` bytes; the body is read whole
+    before it is parsed (parsing as it arrives is quadratic in Python)."""
+    c = HTTPConn(gw.port)
+    c.send(build_request('POST', '/v1/chat/completions',
+                         chat_headers(gw.port, n=n, extra=[('X-Mock-Event-Size', str(size))]), chat_body(True)))
+    head = c.read_head(5.0)
+    if head.status != 200:
+        return Response(head, c.read_body(head, 5.0)), None, c, 0
+    st = Stream()
+    try:
+        body = b''.join(c.iter_chunks(timeout))
+        st.terminated = c.terminated
+    except ConnClosed:
+        body, st.eof = b'', True
+    parser = SSEParser()
+    st.raw += body
+    st.events = parser.feed(body, time.monotonic())
+    st.leftover = bytes(parser.pending)
+    return head, st, c, 0
 
 
 @test(params=['1MiB', '16MiB'], timeout=90)
 def big_event_relayed_whole(ctx, which):
     # the 16 MiB event's content leaves room for its JSON envelope under the default --max-event
     size = {'1MiB': 1 << 20, '16MiB': (16 << 20) - 1024}[which]
-    _, gw = events_pair(ctx, 'default')
+    _, gw = events_pair(ctx, 'default', ['--idle-timeout', '30s'])
     head, st, c, _ = big_event_stream(gw, size)
     c.close()
     check(st is not None, 'answered %d: %s' % (head.status, short(head.body)))
@@ -72,7 +89,7 @@ def event_over_max_event_ends_stream(ctx):
 
 @test(timeout=60)
 def long_events_leave_no_memory_behind(ctx):
-    _, gw = events_pair(ctx, 'default')
+    _, gw = events_pair(ctx, 'default', ['--idle-timeout', '30s'])
     head, st, c, _ = big_event_stream(gw, 4 << 20)
     c.close()
     check(st is not None and st.terminated, 'first long stream did not end')
