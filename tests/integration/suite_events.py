@@ -168,3 +168,25 @@ def many_paced_streams(ctx, count):
     check(per < 64 * 1024, 'RSS per stream %.0f bytes' % per)
     after = gw.rss_kib()
     check(after - base < peak[0] - base + 1024, 'RSS kept growing after the streams ended')
+
+
+@test(timeout=60)
+def reader_that_never_reads_holds_one_event(ctx):
+    _, gw = events_pair(ctx, 'default', ['--idle-timeout', '30s'])
+    size = 4 << 20
+    before = gw.rss_kib()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(('127.0.0.1', gw.port))
+    try:
+        s.sendall(build_request('POST', '/v1/chat/completions',
+                                chat_headers(gw.port, n=5000, extra=[('X-Mock-Event-Size', str(size))]),
+                                chat_body(True)))
+        time.sleep(1.5 * SCALE)
+        grown = gw.rss_kib() - before
+        figure('client not reading a stream with a 4 MiB event: gateway RSS +%d KiB' % grown)
+        # the 256 KiB high-water mark, the one long event, and slack for the allocator
+        check(grown <= 256 + size // 1024 + 1024, 'RSS grew by %d KiB' % grown)
+    finally:
+        s.close()
+    check(wait_until(lambda: ping_ok(gw), 3.0), 'gateway stopped answering')
