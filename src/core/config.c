@@ -41,6 +41,7 @@ static const option options[] = {
     {"--drain-timeout", "SSEGATE_DRAIN_TIMEOUT", "30s", "on SIGTERM, how long streams in flight may finish", OPT_DURATION, AT(drain_timeout_ms)},
     {"--max-body", "SSEGATE_MAX_BODY", "4MiB", "largest JSON request body (read whole)", OPT_SIZE, AT(max_body)},
     {"--max-upload", "SSEGATE_MAX_UPLOAD", "512MiB", "largest other request body (streamed up as it arrives)", OPT_SIZE, AT(max_upload)},
+    {"--max-event", "SSEGATE_MAX_EVENT", "16MiB", "longest upstream SSE event; a longer one ends its stream", OPT_SIZE, AT(max_event)},
     {"--max-conns", "SSEGATE_MAX_CONNS", "10000", "client connections at once; more get 503", OPT_COUNT, AT(max_conns)},
     {"--retries", "SSEGATE_RETRIES", "2", "upstream retries before the first byte reaches the client", OPT_COUNT, AT(retries)},
     {"--log-format", "SSEGATE_LOG_FORMAT", "json", "json or text", OPT_LOGFMT, AT(log_format)},

@@ -24,6 +24,7 @@ typedef struct config {
     uint64_t connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, request_timeout_ms;
     uint64_t header_timeout_ms, keepalive_timeout_ms, drain_timeout_ms;
     uint64_t max_body, max_upload;
+    uint64_t max_event; /* longest SSE event relayed; a longer one ends its stream */
     size_t max_conns;
     unsigned retries;
     log_format log_format;

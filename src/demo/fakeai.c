@@ -29,6 +29,7 @@ enum {
     MAX_HEAD = 64 * 1024,
     MAX_TARGET = 16 * 1024,
     MAX_CHUNKS = FAKEAI_MAX_CHUNKS,
+    MAX_EVENT_SIZE = 64 << 20,
     MODEL_MAX = 128,
     ID_LEN = 29,               /* random characters after "chatcmpl-", as OpenAI's */
     REQUEST_ID_HEX = 24,       /* hex digits after "req_" in x-request-id */
@@ -76,6 +77,7 @@ typedef struct reply {
     bool include_usage;
     bool usage_set; /* X-Mock-Usage named the counts to report */
     uint64_t usage_prompt, usage_completion;
+    size_t event_size; /* X-Mock-Event-Size: the first content delta is this many bytes of 'x' */
 } reply;
 
 /* A streamed reply's progress. Chat events: 0 role, 1..n content, n+1
@@ -617,6 +619,18 @@ static bool end_body(conn *c)
     return !c->s.chunked || out_append(c, "0\r\n\r\n", 5);
 }
 
+/* One content delta of event_size bytes, for relaying events of any size. */
+static bool emit_big_delta(conn *c)
+{
+    char *text = malloc(c->r.event_size);
+    if (!text)
+        return false;
+    memset(text, 'x', c->r.event_size);
+    bool ok = emit_chunk(c, FAKEAI_CHUNK_CONTENT, (slice){text, c->r.event_size}, 0);
+    free(text);
+    return ok;
+}
+
 /* Queues chat event e (see `stream`) of a reply of n content deltas. */
 static bool emit_chat_event(conn *c, size_t e, size_t n)
 {
@@ -625,6 +639,8 @@ static bool emit_chat_event(conn *c, size_t e, size_t n)
     if (e <= n) {
         if (c->s.comments && (e - 1) % 2 == 0 && !emit_text(c, ": ping"))
             return false;
+        if (e == 1 && c->r.event_size)
+            return emit_big_delta(c);
         char scratch[FAKEAI_TOKEN_SCRATCH];
         fakeai_reply_meta m = meta_of(c);
         return emit_chunk(c, FAKEAI_CHUNK_CONTENT, fakeai_token(&m, e - 1, scratch), e - 1);
@@ -978,7 +994,7 @@ static bool fault_still_due(conn *c)
     return k > 0;
 }
 
-/* Reads X-Mock-Chunks / X-Mock-Delay-Ms / X-Mock-Fault / X-Mock-Usage;
+/* Reads X-Mock-Chunks / X-Mock-Delay-Ms / X-Mock-Event-Size / X-Mock-Fault / X-Mock-Usage;
  * false (and an answer queued) when one is malformed. */
 static bool read_overrides(conn *c)
 {
@@ -999,6 +1015,14 @@ static bool read_overrides(conn *c)
             return false;
         }
         c->r.delay_ms = v;
+    }
+    h = http_find_header(req->headers, req->header_count, SLICE_LIT("x-mock-event-size"));
+    if (h) {
+        if (!slice_to_u64(h->value, MAX_EVENT_SIZE, &v)) {
+            answer_error(c, 400, "X-Mock-Event-Size must be an integer from 0 to 67108864.", "mock_error", NULL, NULL);
+            return false;
+        }
+        c->r.event_size = (size_t)v;
     }
     h = http_find_header(req->headers, req->header_count, SLICE_LIT("x-mock-fault"));
     if (h && !fakeai_parse_fault(h->value, &c->fault)) {
@@ -1046,6 +1070,7 @@ static void new_reply(conn *c, slice body)
     r->prompt_tokens = body.len / 4 > 0 ? body.len / 4 : 1; /* deterministic, roughly OpenAI's scale */
     r->include_usage = false;
     r->usage_set = false;
+    r->event_size = 0;
     set_model(c, (slice){NULL, 0});
 }
 

@@ -10,6 +10,7 @@
 #include "upstream/retry.h"
 #include "gateway/sse.h"
 #include "core/wbuf.h"
+#include "gateway/evbuf.h"
 
 typedef enum relay_state {
     RELAY_CONNECTING,
@@ -20,6 +21,8 @@ typedef enum relay_state {
     RELAY_ERROR_BODY, /* an upstream error answer, held whole to be checked */
     RELAY_FINISHED
 } relay_state;
+
+#define EVENT_TOO_LARGE "upstream sent an event larger than --max-event"
 
 enum { HEARTBEAT_MS = 15000, REQUEST_HEAD_MAX = 16 * 1024, RESPONSE_HEAD_MAX = 16 * 1024 };
 
@@ -54,7 +57,8 @@ struct relay {
     size_t out_count, out_index, out_offset;
 
     /* the answer */
-    char *buf;
+    evbuf in;                 /* pooled; grows while one event is longer than a pooled buffer */
+    char *buf;                /* == in.ptr */
     size_t len;               /* bytes in buf */
     size_t dec_start, dec_end;/* decoded body bytes not yet relayed */
     size_t raw_start;         /* first byte not yet decoded */
@@ -160,10 +164,8 @@ static void release_conn(relay *r, bool reusable)
         upstream_release(r->up, reusable);
         r->up = NULL;
     }
-    if (r->buf) {
-        pool_put(r->env->read_buffers, r->buf);
-        r->buf = NULL;
-    }
+    evbuf_release(&r->in, r->env->read_buffers);
+    r->buf = NULL;
     if (r->up_buf && !r->uploading) {
         pool_put(r->env->read_buffers, r->up_buf);
         r->up_buf = NULL;
@@ -668,6 +670,11 @@ static int relay_events(relay *r, bool at_eof, bool last)
     while (r->dec_start < r->dec_end || at_eof) {
         if (!sse_next_event(&r->sse, r->buf + r->dec_start, r->dec_end - r->dec_start, at_eof, &ev))
             break;
+        if (ev.raw.len > r->env->cfg->max_event) { /* it came whole in one read */
+            if (flush_frame(r, &f, false) == 0)
+                fail(r, 502, EVENT_TOO_LARGE, "event_too_large");
+            return -1;
+        }
         if (inspect_event(r, &ev)) {
             if (!sse_frame_add(&f, ev.raw)) {
                 if (flush_frame(r, &f, false) != 0)
@@ -884,11 +891,31 @@ static bool process_body(relay *r, bool at_eof)
         return false;
     }
     compact(r);
-    if (r->len == RELAY_READ_BUFFER) {
-        fail(r, 502, "upstream sent an event larger than the relay buffer", "upstream_protocol_error");
-        return false;
+    if (r->len == 0 && !r->retain) {
+        /* Nothing pending: the buffer goes back to the pool until the next
+         * read, so a stream between chunks holds no buffer (the pool hands
+         * the same warm buffer to whichever stream reads next). */
+        evbuf_release(&r->in, r->env->read_buffers);
+        r->buf = NULL;
+        return true;
     }
-    return true;
+    if (r->state != RELAY_STREAM) {
+        if (r->len == r->in.cap) {
+            fail(r, 502, "upstream sent an answer the relay could not buffer", "upstream_protocol_error");
+            return false;
+        }
+        return true;
+    }
+    evbuf_result er = evbuf_settle(&r->in, r->env->read_buffers, r->len, r->dec_end - r->dec_start,
+                                   (size_t)r->env->cfg->max_event);
+    r->buf = r->in.ptr;
+    if (er == EVBUF_OK)
+        return true;
+    if (er == EVBUF_TOO_LARGE)
+        fail(r, 502, EVENT_TOO_LARGE, "event_too_large");
+    else
+        fail(r, 502, "out of memory for a long event", "internal_error");
+    return false;
 }
 
 static bool is_event_stream(slice content_type)
@@ -1195,19 +1222,17 @@ static void read_answer(relay *r)
     do
         read_once(r);
     while (r->up && upstream_is_tls(r->up) && r->state >= RELAY_AWAIT_HEAD && r->state != RELAY_FINISHED &&
-           r->last_read > 0 && r->len < RELAY_READ_BUFFER && r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER);
+           r->last_read > 0 && (!r->buf || r->len < r->in.cap) && r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER);
 }
 
 static void read_once(relay *r)
 {
-    if (!r->buf) {
-        r->buf = pool_get(r->env->read_buffers);
-        if (!r->buf) {
-            fail(r, 502, "out of memory", "internal_error");
-            return;
-        }
+    if (!evbuf_acquire(&r->in, r->env->read_buffers)) {
+        fail(r, 502, "out of memory", "internal_error");
+        return;
     }
-    ssize_t n = upstream_read(r->up, r->buf + r->len, RELAY_READ_BUFFER - r->len);
+    r->buf = r->in.ptr;
+    ssize_t n = upstream_read(r->up, r->buf + r->len, r->in.cap - r->len);
     int err = errno;
     r->last_read = n;
     if (n < 0 && err == EAGAIN) {

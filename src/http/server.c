@@ -26,6 +26,7 @@
 #include "core/log.h"
 #include "core/netaddr.h"
 #include "gateway/relay.h"
+#include "gateway/evbuf.h"
 #include "core/wbuf.h"
 
 enum {
@@ -88,7 +89,8 @@ struct client {
     size_t body_len, body_cap;
     http_chunked chunked;
 
-    char *out;
+    char *out;          /* == out_mem.ptr */
+    evbuf out_mem;      /* pooled; grows to hold one long event for a slow reader */
     size_t out_start, out_len;
 
     relay *relay;
@@ -140,7 +142,7 @@ static int flush_out(client *c)
     /* Drained: the queue goes back to the pool, so an idle connection that
      * once had a slow moment does not keep half a megabyte. */
     c->out_start = c->out_len = 0;
-    pool_put(&c->srv->out_buffers, c->out);
+    evbuf_release(&c->out_mem, &c->srv->out_buffers);
     c->out = NULL;
     return 0;
 }
@@ -148,11 +150,9 @@ static int flush_out(client *c)
 /* Queues what the socket did not take. */
 static int queue_out(client *c, const struct iovec *iov, size_t count, size_t skip)
 {
-    if (!c->out) {
-        c->out = pool_get(&c->srv->out_buffers);
-        if (!c->out)
-            return -1;
-    }
+    if (!evbuf_acquire(&c->out_mem, &c->srv->out_buffers))
+        return -1;
+    c->out = c->out_mem.ptr;
     for (size_t i = 0; i < count; i++) {
         size_t len = iov[i].iov_len;
         if (skip >= len) {
@@ -162,14 +162,16 @@ static int queue_out(client *c, const struct iovec *iov, size_t count, size_t sk
         const char *p = (const char *)iov[i].iov_base + skip;
         len -= skip;
         skip = 0;
-        if (len > OUT_BUFFER - c->out_len) {
-            if (c->out_start == 0)
-                return -1; /* the relay's high-water mark makes this unreachable */
+        if (len > c->out_mem.cap - c->out_len) {
             memmove(c->out, c->out + c->out_start, pending_out(c));
             c->out_len -= c->out_start;
             c->out_start = 0;
-            if (len > OUT_BUFFER - c->out_len)
+            /* Past the pooled size only for an event longer than the
+             * high-water mark allows for: the relay stops reading meanwhile. */
+            size_t limit = OUT_BUFFER + (size_t)c->srv->cfg->max_event;
+            if (!evbuf_reserve(&c->out_mem, &c->srv->out_buffers, c->out_len, len, limit))
                 return -1;
+            c->out = c->out_mem.ptr;
         }
         memcpy(c->out + c->out_len, p, len);
         c->out_len += len;
@@ -1079,6 +1081,10 @@ static void process_input(client *c)
     const config *cfg = c->srv->cfg;
     if (c->state == CLIENT_READING_HEAD) {
         if (c->in_len == 0) {
+            /* Idle with nothing buffered: the input buffer waits in the
+             * pool until the next request's first bytes. */
+            pool_put(&c->srv->in_buffers, c->in);
+            c->in = NULL;
             arm_timer(c, cfg->keepalive_timeout_ms);
             update_interest(c);
             return;
@@ -1203,7 +1209,7 @@ static void client_close(client *c)
     s->conn_count--;
     metrics_gauge_connections(s->metrics, -1);
     pool_put(&s->in_buffers, c->in);
-    pool_put(&s->out_buffers, c->out);
+    evbuf_release(&c->out_mem, &s->out_buffers);
     c->in = c->out = NULL;
     arena_reset(&c->arena);
     loop_defer(s->loop, &c->freeing, free_client, c);
@@ -1298,6 +1304,10 @@ static void read_input(client *c)
         dst = c->body + c->body_len;
         room = (size_t)c->req.content_length - c->body_len;
     } else {
+        if (!c->in && !(c->in = pool_get(&c->srv->in_buffers))) {
+            client_close(c);
+            return;
+        }
         dst = c->in + c->in_len;
         room = IN_BUFFER - c->in_len;
     }
