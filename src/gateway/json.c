@@ -4,6 +4,10 @@
 #define JSMN_STRICT
 #include <jsmn.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 enum { STACK_TOKENS = 512 };
 
 /* Index of the token after the subtree rooted at i. */
@@ -307,7 +311,7 @@ static slice choices_content(const char *s, const jsmntok_t *t, int n, int arr)
     return (slice){NULL, 0};
 }
 
-int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *out)
+int json_inspect_chunk_full(const char *data, size_t len, arena *a, json_chunk_info *out)
 {
     *out = (json_chunk_info){0};
     jsmntok_t stack[STACK_TOKENS], *t;
@@ -338,6 +342,284 @@ int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *
     }
     out->usage_only = out->has_usage && choices_empty;
     return 0;
+}
+
+/* The fast path: one pass over the chunk, RFC 8259 strict, no tokens. It
+ * accepts only JSON jsmn tokenises the same way (and less: no raw control
+ * characters, nesting of at most FAST_MAX_DEPTH), so what it reads is what
+ * the full path would read; it bails out wherever the full path would find
+ * usage, an error or a finish. Most of a chunk is strings, which are crossed
+ * 16 bytes at a time where SSE2 is there. */
+enum { FAST_MAX_DEPTH = 16, FAST_MAX_TOKENS = STACK_TOKENS - 12 };
+
+typedef enum fast_role { ROLE_PLAIN, ROLE_TOP, ROLE_CHOICES, ROLE_CHOICE, ROLE_DELTA } fast_role;
+
+typedef struct fast {
+    const char *p, *end;
+    int tokens;
+} fast;
+
+typedef enum fast_kind { KIND_OTHER, KIND_STRING, KIND_NULL, KIND_ARRAY } fast_kind;
+
+/* What a parsed value was, as far as the chunk's fields care. */
+typedef struct fast_value {
+    fast_kind kind;
+    slice str;        /* KIND_STRING: the contents, still escaped */
+    size_t elements;  /* KIND_ARRAY */
+    slice content;    /* ROLE_CHOICES, ROLE_CHOICE, ROLE_DELTA: the text the full path takes */
+} fast_value;
+
+#define KEY_IS(k, lit) ((k).len == sizeof(lit) - 1 && memcmp((k).ptr, (lit), sizeof(lit) - 1) == 0)
+
+static bool is_hex(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+/* p is just past an opening quote: the closing quote, or NULL for a string
+ * the fast path does not take (unterminated, a bad escape, a control byte). */
+static const char *string_close(const char *p, const char *end)
+{
+    for (;;) {
+#ifdef __SSE2__
+        const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'), control = _mm_set1_epi8(0x1f);
+        while (end - p >= 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+            __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
+                                       _mm_cmpeq_epi8(_mm_max_epu8(x, control), control));
+            unsigned mask = (unsigned)_mm_movemask_epi8(hit);
+            if (mask) {
+                p += __builtin_ctz(mask);
+                break;
+            }
+            p += 16;
+        }
+#endif
+        while (p < end && (unsigned char)*p >= 0x20 && *p != '"' && *p != '\\')
+            p++;
+        if (p >= end || (unsigned char)*p < 0x20)
+            return NULL;
+        if (*p == '"')
+            return p;
+        if (++p >= end) /* past the backslash */
+            return NULL;
+        if (*p == 'u') {
+            if (end - p < 5 || !is_hex(p[1]) || !is_hex(p[2]) || !is_hex(p[3]) || !is_hex(p[4]))
+                return NULL;
+            p += 5;
+        } else if (*p == '"' || *p == '\\' || *p == '/' || *p == 'b' || *p == 'f' || *p == 'n' || *p == 'r' ||
+                   *p == 't') {
+            p++;
+        } else {
+            return NULL;
+        }
+    }
+}
+
+static void fast_space(fast *f)
+{
+    while (f->p < f->end && is_space(*f->p))
+        f->p++;
+}
+
+static bool fast_string(fast *f, slice *out)
+{
+    const char *close = string_close(f->p + 1, f->end);
+    if (!close)
+        return false;
+    *out = (slice){f->p + 1, (size_t)(close - f->p - 1)};
+    f->p = close + 1;
+    return true;
+}
+
+static bool fast_literal(fast *f, const char *lit, size_t n)
+{
+    if ((size_t)(f->end - f->p) < n || memcmp(f->p, lit, n) != 0)
+        return false;
+    f->p += n;
+    return true;
+}
+
+static bool fast_digits(fast *f)
+{
+    const char *start = f->p;
+    while (f->p < f->end && is_digit(*f->p))
+        f->p++;
+    return f->p > start;
+}
+
+static bool fast_number(fast *f)
+{
+    if (f->p < f->end && *f->p == '-')
+        f->p++;
+    if (f->p < f->end && *f->p == '0')
+        f->p++;
+    else if (!fast_digits(f))
+        return false;
+    if (f->p < f->end && *f->p == '.') {
+        f->p++;
+        if (!fast_digits(f))
+            return false;
+    }
+    if (f->p < f->end && (*f->p == 'e' || *f->p == 'E')) {
+        f->p++;
+        if (f->p < f->end && (*f->p == '+' || *f->p == '-'))
+            f->p++;
+        if (!fast_digits(f))
+            return false;
+    }
+    return true;
+}
+
+static bool fast_value_at(fast *f, int depth, fast_role role, fast_value *v);
+
+/* The members of an object (f->p at its brace), with what the full path
+ * reads from them for the object's role. */
+static bool fast_object(fast *f, int depth, fast_role role, fast_value *v, json_chunk_info *out)
+{
+    f->p++;
+    fast_space(f);
+    if (f->p < f->end && *f->p == '}') {
+        f->p++;
+        return true;
+    }
+    bool delta_seen = false, text_seen = false, content_seen = false;
+    slice text = {NULL, 0};
+    for (;;) {
+        slice key;
+        fast_space(f);
+        if (f->p >= f->end || *f->p != '"' || !fast_string(f, &key) || ++f->tokens > FAST_MAX_TOKENS)
+            return false;
+        fast_space(f);
+        if (f->p >= f->end || *f->p != ':')
+            return false;
+        f->p++;
+        fast_role inner = ROLE_PLAIN;
+        if (role == ROLE_TOP && KEY_IS(key, "choices"))
+            inner = ROLE_CHOICES;
+        else if (role == ROLE_CHOICE && !delta_seen && KEY_IS(key, "delta"))
+            inner = ROLE_DELTA;
+        fast_value val;
+        if (!fast_value_at(f, depth + 1, inner, &val))
+            return false;
+        if (val.kind != KIND_NULL &&
+            (KEY_IS(key, "finish_reason") || KEY_IS(key, "usage") || KEY_IS(key, "error")))
+            return false; /* the full path's business */
+        if (role == ROLE_TOP) {
+            /* as json_inspect_chunk_full reads the top level, in order */
+            if (KEY_IS(key, "response"))
+                return false;
+            if (inner == ROLE_CHOICES && val.kind == KIND_ARRAY) {
+                out->content = val.content;
+                out->has_content |= val.content.len > 0;
+            } else if (KEY_IS(key, "type") && val.kind == KIND_STRING &&
+                       slice_eq(val.str, SLICE_LIT("response.output_text.delta"))) {
+                out->has_content = true;
+            } else if (KEY_IS(key, "delta") && val.kind == KIND_STRING && !out->content.len) {
+                out->content = val.str;
+            }
+        } else if (role == ROLE_CHOICE) {
+            /* as choices_content: the first delta's content, else the first text */
+            if (inner == ROLE_DELTA) {
+                delta_seen = true;
+                v->content = val.content;
+            } else if (!text_seen && KEY_IS(key, "text")) {
+                text_seen = true;
+                text = val.kind == KIND_STRING ? val.str : (slice){NULL, 0};
+            }
+        } else if (role == ROLE_DELTA && !content_seen && KEY_IS(key, "content")) {
+            content_seen = true;
+            v->content = val.kind == KIND_STRING ? val.str : (slice){NULL, 0};
+        }
+        fast_space(f);
+        if (f->p < f->end && *f->p == ',') {
+            f->p++;
+            continue;
+        }
+        if (f->p >= f->end || *f->p != '}')
+            return false;
+        f->p++;
+        if (role == ROLE_CHOICE && !delta_seen)
+            v->content = text;
+        return true;
+    }
+}
+
+static bool fast_array(fast *f, int depth, fast_role role, fast_value *v)
+{
+    f->p++;
+    fast_space(f);
+    if (f->p < f->end && *f->p == ']') {
+        f->p++;
+        return true;
+    }
+    for (;;) {
+        fast_value el;
+        if (!fast_value_at(f, depth + 1, role == ROLE_CHOICES ? ROLE_CHOICE : ROLE_PLAIN, &el))
+            return false;
+        v->elements++;
+        if (role == ROLE_CHOICES && !v->content.len)
+            v->content = el.content; /* the first choice with text */
+        fast_space(f);
+        if (f->p < f->end && *f->p == ',') {
+            f->p++;
+            continue;
+        }
+        if (f->p >= f->end || *f->p != ']')
+            return false;
+        f->p++;
+        return true;
+    }
+}
+
+static bool fast_value_at(fast *f, int depth, fast_role role, fast_value *v)
+{
+    *v = (fast_value){0};
+    fast_space(f);
+    if (f->p >= f->end || depth > FAST_MAX_DEPTH || ++f->tokens > FAST_MAX_TOKENS)
+        return false;
+    switch (*f->p) {
+    case '"':
+        v->kind = KIND_STRING;
+        return fast_string(f, &v->str);
+    case '{':
+        /* a choice's role only matters for an object; a delta's likewise */
+        return fast_object(f, depth, role == ROLE_CHOICES ? ROLE_PLAIN : role, v, NULL);
+    case '[':
+        v->kind = KIND_ARRAY;
+        return fast_array(f, depth, role == ROLE_CHOICES ? ROLE_CHOICES : ROLE_PLAIN, v);
+    case 'n':
+        v->kind = KIND_NULL;
+        return fast_literal(f, "null", 4);
+    case 't':
+        return fast_literal(f, "true", 4);
+    case 'f':
+        return fast_literal(f, "false", 5);
+    default:
+        return fast_number(f);
+    }
+}
+
+bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
+{
+    *out = (json_chunk_info){0};
+    fast f = {data, data + len, 0};
+    fast_space(&f);
+    if (f.p >= f.end || *f.p != '{')
+        return false;
+    f.tokens = 1;
+    fast_value top = {0};
+    bool ok = fast_object(&f, 0, ROLE_TOP, &top, out);
+    fast_space(&f);
+    if (!ok || f.p != f.end) {
+        *out = (json_chunk_info){0};
+        return false;
+    }
+    return true;
+}
+
+int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *out)
+{
+    if (json_inspect_chunk_fast(data, len, out))
+        return 0;
+    return json_inspect_chunk_full(data, len, a, out);
 }
 
 /* End of the object starting at p[0] == '{', or NULL when it does not close. */
