@@ -354,9 +354,16 @@ enum { FAST_MAX_DEPTH = 16, FAST_MAX_TOKENS = STACK_TOKENS - 12 };
 
 typedef enum fast_role { ROLE_PLAIN, ROLE_TOP, ROLE_CHOICES, ROLE_CHOICE, ROLE_DELTA } fast_role;
 
+enum { SHAPE_MAX_SLOTS = 24, SHAPE_MAX_BYTES = 1024 };
+
 typedef struct fast {
     const char *p, *end;
     int tokens;
+    /* The string values met, for the shape cache; a "type" value is not
+     * one (its bytes decide has_content, so they stay in the skeleton). */
+    size_t slots;
+    bool too_many_slots;
+    const char *slot_start[SHAPE_MAX_SLOTS], *slot_end[SHAPE_MAX_SLOTS];
 } fast;
 
 typedef enum fast_kind { KIND_OTHER, KIND_STRING, KIND_NULL, KIND_ARRAY } fast_kind;
@@ -509,9 +516,10 @@ static bool fast_object(fast *f, int depth, fast_role role, fast_value *v, json_
             if (inner == ROLE_CHOICES && val.kind == KIND_ARRAY) {
                 out->content = val.content;
                 out->has_content |= val.content.len > 0;
-            } else if (KEY_IS(key, "type") && val.kind == KIND_STRING &&
-                       slice_eq(val.str, SLICE_LIT("response.output_text.delta"))) {
-                out->has_content = true;
+            } else if (KEY_IS(key, "type") && val.kind == KIND_STRING) {
+                out->has_content |= slice_eq(val.str, SLICE_LIT("response.output_text.delta"));
+                if (!f->too_many_slots)
+                    f->slots--; /* part of the skeleton */
             } else if (KEY_IS(key, "delta") && val.kind == KIND_STRING && !out->content.len) {
                 out->content = val.str;
             }
@@ -578,7 +586,15 @@ static bool fast_value_at(fast *f, int depth, fast_role role, fast_value *v)
     switch (*f->p) {
     case '"':
         v->kind = KIND_STRING;
-        return fast_string(f, &v->str);
+        if (!fast_string(f, &v->str))
+            return false;
+        if (f->slots < SHAPE_MAX_SLOTS) {
+            f->slot_start[f->slots] = v->str.ptr;
+            f->slot_end[f->slots++] = v->str.ptr + v->str.len;
+        } else {
+            f->too_many_slots = true;
+        }
+        return true;
     case '{':
         /* a choice's role only matters for an object; a delta's likewise */
         return fast_object(f, depth, role == ROLE_CHOICES ? ROLE_PLAIN : role, v, NULL);
@@ -597,10 +613,106 @@ static bool fast_value_at(fast *f, int depth, fast_role role, fast_value *v)
     }
 }
 
+/* The shape cache. A stream's chunks differ in their strings (the text, and
+ * in some APIs a random padding) and little else, so the last chunk the
+ * parser below took is kept as a skeleton: its bytes with every string
+ * value cut out. A chunk that is the skeleton with other strings in the
+ * slots, each valid and empty where the old one was, is the same JSON
+ * structure with the same keys, so the full path would read it the same
+ * way: the same fields, the text from the same slot. Matching it is a few
+ * word compares and string scans. One skeleton per process: streams of
+ * different shapes interleaving only cost the parse. */
+typedef struct shape {
+    size_t slots;                        /* 0: no skeleton */
+    size_t cut[SHAPE_MAX_SLOTS + 1];     /* skeleton bytes before slot i; the last: to the end */
+    bool empty[SHAPE_MAX_SLOTS];
+    size_t content_slot;                 /* == slots: the content is empty, no slot */
+    bool has_content;
+    char bytes[SHAPE_MAX_BYTES];
+} shape;
+
+static shape last_shape;
+
+static bool bytes_eq(const char *a, const char *b, size_t n)
+{
+    uint64_t x, y;
+    if (n < 8) {
+        for (size_t i = 0; i < n; i++)
+            if (a[i] != b[i])
+                return false;
+        return true;
+    }
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y)
+            return false;
+    }
+    memcpy(&x, a + n - 8, 8); /* the tail, overlapping */
+    memcpy(&y, b + n - 8, 8);
+    return x == y;
+}
+
+static bool shape_match(const shape *sh, const char *data, size_t len, json_chunk_info *out)
+{
+    const char *p = data, *end = data + len, *skel = sh->bytes;
+    slice content = {NULL, 0};
+    for (size_t i = 0; i < sh->slots; i++) {
+        size_t n = sh->cut[i];
+        if ((size_t)(end - p) < n || !bytes_eq(p, skel, n))
+            return false;
+        p += n;
+        skel += n;
+        const char *close = string_close(p, end);
+        if (!close || (close == p) != sh->empty[i])
+            return false;
+        if (i == sh->content_slot)
+            content = (slice){p, (size_t)(close - p)};
+        p = close;
+    }
+    size_t n = sh->cut[sh->slots];
+    if ((size_t)(end - p) != n || !bytes_eq(p, skel, n))
+        return false;
+    *out = (json_chunk_info){.has_content = sh->has_content, .content = content};
+    return true;
+}
+
+static void shape_learn(shape *sh, const fast *f, const char *data, size_t len, const json_chunk_info *info)
+{
+    sh->slots = 0;
+    if (f->too_many_slots || f->slots == 0)
+        return;
+    size_t used = 0, content_slot = f->slots;
+    const char *from = data;
+    for (size_t i = 0; i <= f->slots; i++) {
+        const char *to = i < f->slots ? f->slot_start[i] : data + len;
+        size_t n = (size_t)(to - from);
+        if (n > SHAPE_MAX_BYTES - used)
+            return;
+        memcpy(sh->bytes + used, from, n);
+        used += n;
+        sh->cut[i] = n;
+        if (i < f->slots) {
+            sh->empty[i] = f->slot_end[i] == to;
+            if (info->content.ptr == to && info->content.len == (size_t)(f->slot_end[i] - to))
+                content_slot = i;
+            from = f->slot_end[i];
+        }
+    }
+    /* The content is a string value, so a slot, unless empty. */
+    if (content_slot == f->slots && info->content.len)
+        return;
+    sh->content_slot = content_slot;
+    sh->has_content = info->has_content;
+    sh->slots = f->slots;
+}
+
 bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
 {
+    if (last_shape.slots && shape_match(&last_shape, data, len, out))
+        return true;
     *out = (json_chunk_info){0};
-    fast f = {data, data + len, 0};
+    fast f = {.p = data, .end = data + len};
     fast_space(&f);
     if (f.p >= f.end || *f.p != '{')
         return false;
@@ -612,6 +724,7 @@ bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
         *out = (json_chunk_info){0};
         return false;
     }
+    shape_learn(&last_shape, &f, data, len, out);
     return true;
 }
 
