@@ -707,11 +707,50 @@ static void shape_learn(shape *sh, const fast *f, const char *data, size_t len, 
     sh->slots = f->slots;
 }
 
+/* Whether the chunk shows "finish_reason":" , "usage":{ or "error":{ as
+ * written compactly: it is the full path's, and the one-pass reader would
+ * find out only at the end. Spaced variants are left to that reader. Finds
+ * each `":` followed by a quote or brace, 16 positions at a time. */
+static bool final_key_before(const char *data, const char *colon)
+{
+    size_t before = (size_t)(colon - data);
+    if (colon[1] == '"')
+        return before >= 15 && memcmp(colon - 15, "\"finish_reason\"", 15) == 0;
+    return before >= 7 && (memcmp(colon - 7, "\"usage\"", 7) == 0 || memcmp(colon - 7, "\"error\"", 7) == 0);
+}
+
+static bool looks_final(const char *data, size_t len)
+{
+    const char *p = data + 1, *end = data + len;
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), colon = _mm_set1_epi8(':'), brace = _mm_set1_epi8('{');
+    while (end - p >= 17) {
+        __m128i before = _mm_loadu_si128((const __m128i *)(const void *)(p - 1));
+        __m128i at = _mm_loadu_si128((const __m128i *)(const void *)p);
+        __m128i after = _mm_loadu_si128((const __m128i *)(const void *)(p + 1));
+        __m128i hit = _mm_and_si128(_mm_and_si128(_mm_cmpeq_epi8(before, quote), _mm_cmpeq_epi8(at, colon)),
+                                    _mm_or_si128(_mm_cmpeq_epi8(after, quote), _mm_cmpeq_epi8(after, brace)));
+        for (unsigned mask = (unsigned)_mm_movemask_epi8(hit); mask; mask &= mask - 1) {
+            if (final_key_before(data, p + __builtin_ctz(mask)))
+                return true;
+        }
+        p += 16;
+    }
+#endif
+    for (; p + 1 < end; p++) {
+        if (*p == ':' && p[-1] == '"' && (p[1] == '"' || p[1] == '{') && final_key_before(data, p))
+            return true;
+    }
+    return false;
+}
+
 bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
 {
     if (last_shape.slots && shape_match(&last_shape, data, len, out))
         return true;
     *out = (json_chunk_info){0};
+    if (len < 2 || looks_final(data, len))
+        return false;
     fast f = {.p = data, .end = data + len};
     fast_space(&f);
     if (f.p >= f.end || *f.p != '{')
