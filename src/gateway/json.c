@@ -615,17 +615,18 @@ static bool fast_value_at(fast *f, int depth, fast_role role, fast_value *v)
 
 /* The shape cache. A stream's chunks differ in their strings (the text, and
  * in some APIs a random padding) and little else, so the last chunk the
- * parser below took is kept as a skeleton: its bytes with every string
- * value cut out. A chunk that is the skeleton with other strings in the
- * slots, each valid and empty where the old one was, is the same JSON
- * structure with the same keys, so the full path would read it the same
- * way: the same fields, the text from the same slot. Matching it is a few
- * word compares and string scans. One skeleton per process: streams of
+ * parser below took is kept, with where its string values lie. A chunk
+ * that is that one with other strings in those places, each valid and
+ * empty where the old one was, is the same JSON structure with the same
+ * keys, so the full path would read it the same way: the same fields, the
+ * text from the same place. Matching compares words up to the first
+ * difference, which must lie in a string value; that string is scanned,
+ * and the compare goes on after it. One cache per process: streams of
  * different shapes interleaving only cost the parse. */
 typedef struct shape {
-    size_t slots;                        /* 0: no skeleton */
-    size_t cut[SHAPE_MAX_SLOTS + 1];     /* skeleton bytes before slot i; the last: to the end */
-    bool empty[SHAPE_MAX_SLOTS];
+    size_t len;                          /* 0: nothing cached */
+    size_t slots;
+    size_t start[SHAPE_MAX_SLOTS], end[SHAPE_MAX_SLOTS]; /* string values, as offsets in bytes */
     size_t content_slot;                 /* == slots: the content is empty, no slot */
     bool has_content;
     char bytes[SHAPE_MAX_BYTES];
@@ -633,78 +634,76 @@ typedef struct shape {
 
 static shape last_shape;
 
-static bool bytes_eq(const char *a, const char *b, size_t n)
+/* How many leading bytes a and b (n each) share. */
+static size_t common_prefix(const char *a, const char *b, size_t n)
 {
-    uint64_t x, y;
-    if (n < 8) {
-        for (size_t i = 0; i < n; i++)
-            if (a[i] != b[i])
-                return false;
-        return true;
-    }
-    for (size_t i = 0; i + 8 <= n; i += 8) {
+    size_t i = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
         memcpy(&x, a + i, 8);
         memcpy(&y, b + i, 8);
         if (x != y)
-            return false;
+            return i + (size_t)__builtin_ctzll(x ^ y) / 8;
     }
-    memcpy(&x, a + n - 8, 8); /* the tail, overlapping */
-    memcpy(&y, b + n - 8, 8);
-    return x == y;
+#endif
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
 }
 
 static bool shape_match(const shape *sh, const char *data, size_t len, json_chunk_info *out)
 {
-    const char *p = data, *end = data + len, *skel = sh->bytes;
+    size_t pi = 0, di = 0, slot = 0; /* offsets in the cached chunk and in data */
     slice content = {NULL, 0};
-    for (size_t i = 0; i < sh->slots; i++) {
-        size_t n = sh->cut[i];
-        if ((size_t)(end - p) < n || !bytes_eq(p, skel, n))
+    for (;;) {
+        size_t room = sh->len - pi < len - di ? sh->len - pi : len - di;
+        size_t same = common_prefix(sh->bytes + pi, data + di, room);
+        pi += same;
+        di += same;
+        /* Values passed whole are the same bytes, so the same strings. */
+        for (; slot < sh->slots && sh->end[slot] < pi; slot++)
+            if (slot == sh->content_slot)
+                content = (slice){data + di - (pi - sh->start[slot]), sh->end[slot] - sh->start[slot]};
+        if (pi == sh->len && di == len)
+            break;
+        /* A difference: fine only within a string value (or at its close:
+         * the new one is longer). Scan the new value from its start. */
+        if (slot == sh->slots || sh->start[slot] > pi)
             return false;
-        p += n;
-        skel += n;
-        const char *close = string_close(p, end);
-        if (!close || (close == p) != sh->empty[i])
+        di -= pi - sh->start[slot];
+        const char *close = string_close(data + di, data + len);
+        if (!close || (close == data + di) != (sh->start[slot] == sh->end[slot]))
             return false;
-        if (i == sh->content_slot)
-            content = (slice){p, (size_t)(close - p)};
-        p = close;
+        if (slot == sh->content_slot)
+            content = (slice){data + di, (size_t)(close - (data + di))};
+        di = (size_t)(close - data);
+        pi = sh->end[slot++];
     }
-    size_t n = sh->cut[sh->slots];
-    if ((size_t)(end - p) != n || !bytes_eq(p, skel, n))
-        return false;
     *out = (json_chunk_info){.has_content = sh->has_content, .content = content};
     return true;
 }
 
 static void shape_learn(shape *sh, const fast *f, const char *data, size_t len, const json_chunk_info *info)
 {
-    sh->slots = 0;
-    if (f->too_many_slots || f->slots == 0)
+    sh->len = 0;
+    if (f->too_many_slots || len > SHAPE_MAX_BYTES || len == 0)
         return;
-    size_t used = 0, content_slot = f->slots;
-    const char *from = data;
-    for (size_t i = 0; i <= f->slots; i++) {
-        const char *to = i < f->slots ? f->slot_start[i] : data + len;
-        size_t n = (size_t)(to - from);
-        if (n > SHAPE_MAX_BYTES - used)
-            return;
-        memcpy(sh->bytes + used, from, n);
-        used += n;
-        sh->cut[i] = n;
-        if (i < f->slots) {
-            sh->empty[i] = f->slot_end[i] == to;
-            if (info->content.ptr == to && info->content.len == (size_t)(f->slot_end[i] - to))
-                content_slot = i;
-            from = f->slot_end[i];
-        }
+    size_t content_slot = f->slots;
+    for (size_t i = 0; i < f->slots; i++) {
+        sh->start[i] = (size_t)(f->slot_start[i] - data);
+        sh->end[i] = (size_t)(f->slot_end[i] - data);
+        if (info->content.ptr == f->slot_start[i] && info->content.len == sh->end[i] - sh->start[i])
+            content_slot = i;
     }
     /* The content is a string value, so a slot, unless empty. */
     if (content_slot == f->slots && info->content.len)
         return;
+    memcpy(sh->bytes, data, len);
+    sh->slots = f->slots;
     sh->content_slot = content_slot;
     sh->has_content = info->has_content;
-    sh->slots = f->slots;
+    sh->len = len;
 }
 
 /* Whether the chunk shows "finish_reason":" , "usage":{ or "error":{ as
@@ -746,7 +745,7 @@ static bool looks_final(const char *data, size_t len)
 
 bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
 {
-    if (last_shape.slots && shape_match(&last_shape, data, len, out))
+    if (last_shape.len && shape_match(&last_shape, data, len, out))
         return true;
     *out = (json_chunk_info){0};
     if (len < 2 || looks_final(data, len))
