@@ -376,7 +376,28 @@ typedef struct fast_value {
     slice content;    /* ROLE_CHOICES, ROLE_CHOICE, ROLE_DELTA: the text the full path takes */
 } fast_value;
 
+/* The keys the fast path cares about, told apart once per key. */
+typedef enum fast_key { KEY_OTHER, KEY_CHOICES, KEY_DELTA, KEY_CONTENT, KEY_TEXT, KEY_TYPE, KEY_RESPONSE, KEY_FINAL } fast_key;
+
 #define KEY_IS(k, lit) ((k).len == sizeof(lit) - 1 && memcmp((k).ptr, (lit), sizeof(lit) - 1) == 0)
+
+static fast_key classify_key(slice k)
+{
+    switch (k.len) {
+    case 4:
+        return KEY_IS(k, "type") ? KEY_TYPE : KEY_IS(k, "text") ? KEY_TEXT : KEY_OTHER;
+    case 5:
+        return KEY_IS(k, "delta") ? KEY_DELTA : KEY_IS(k, "usage") || KEY_IS(k, "error") ? KEY_FINAL : KEY_OTHER;
+    case 7:
+        return KEY_IS(k, "choices") ? KEY_CHOICES : KEY_IS(k, "content") ? KEY_CONTENT : KEY_OTHER;
+    case 8:
+        return KEY_IS(k, "response") ? KEY_RESPONSE : KEY_OTHER;
+    case 13:
+        return KEY_IS(k, "finish_reason") ? KEY_FINAL : KEY_OTHER;
+    default:
+        return KEY_OTHER;
+    }
+}
 
 static bool is_hex(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 
@@ -420,10 +441,17 @@ static const char *string_close(const char *p, const char *end)
     }
 }
 
-static void fast_space(fast *f)
+static void skip_space(fast *f)
 {
     while (f->p < f->end && is_space(*f->p))
         f->p++;
+}
+
+/* Chunks seldom have white space: one compare for the usual case. */
+static inline void fast_space(fast *f)
+{
+    if (f->p < f->end && (unsigned char)*f->p <= ' ')
+        skip_space(f);
 }
 
 static bool fast_string(fast *f, slice *out)
@@ -499,28 +527,28 @@ static bool fast_object(fast *f, int depth, fast_role role, fast_value *v, json_
             return false;
         f->p++;
         fast_role inner = ROLE_PLAIN;
-        if (role == ROLE_TOP && KEY_IS(key, "choices"))
+        fast_key kind = classify_key(key);
+        if (role == ROLE_TOP && kind == KEY_CHOICES)
             inner = ROLE_CHOICES;
-        else if (role == ROLE_CHOICE && !delta_seen && KEY_IS(key, "delta"))
+        else if (role == ROLE_CHOICE && !delta_seen && kind == KEY_DELTA)
             inner = ROLE_DELTA;
         fast_value val;
         if (!fast_value_at(f, depth + 1, inner, &val))
             return false;
-        if (val.kind != KIND_NULL &&
-            (KEY_IS(key, "finish_reason") || KEY_IS(key, "usage") || KEY_IS(key, "error")))
+        if (val.kind != KIND_NULL && kind == KEY_FINAL)
             return false; /* the full path's business */
         if (role == ROLE_TOP) {
             /* as json_inspect_chunk_full reads the top level, in order */
-            if (KEY_IS(key, "response"))
+            if (kind == KEY_RESPONSE)
                 return false;
             if (inner == ROLE_CHOICES && val.kind == KIND_ARRAY) {
                 out->content = val.content;
                 out->has_content |= val.content.len > 0;
-            } else if (KEY_IS(key, "type") && val.kind == KIND_STRING) {
+            } else if (kind == KEY_TYPE && val.kind == KIND_STRING) {
                 out->has_content |= slice_eq(val.str, SLICE_LIT("response.output_text.delta"));
                 if (!f->too_many_slots)
                     f->slots--; /* part of the skeleton */
-            } else if (KEY_IS(key, "delta") && val.kind == KIND_STRING && !out->content.len) {
+            } else if (kind == KEY_DELTA && val.kind == KIND_STRING && !out->content.len) {
                 out->content = val.str;
             }
         } else if (role == ROLE_CHOICE) {
@@ -528,11 +556,11 @@ static bool fast_object(fast *f, int depth, fast_role role, fast_value *v, json_
             if (inner == ROLE_DELTA) {
                 delta_seen = true;
                 v->content = val.content;
-            } else if (!text_seen && KEY_IS(key, "text")) {
+            } else if (!text_seen && kind == KEY_TEXT) {
                 text_seen = true;
                 text = val.kind == KIND_STRING ? val.str : (slice){NULL, 0};
             }
-        } else if (role == ROLE_DELTA && !content_seen && KEY_IS(key, "content")) {
+        } else if (role == ROLE_DELTA && !content_seen && kind == KEY_CONTENT) {
             content_seen = true;
             v->content = val.kind == KIND_STRING ? val.str : (slice){NULL, 0};
         }
