@@ -359,11 +359,12 @@ enum { SHAPE_MAX_SLOTS = 24, SHAPE_MAX_BYTES = 1024 };
 typedef struct fast {
     const char *p, *end;
     int tokens;
-    /* The string values met, for the shape cache; a "type" value is not
-     * one (its bytes decide has_content, so they stay in the skeleton). */
+    /* The string and number values met, for the shape cache; a "type"
+     * value is not one (its bytes decide has_content, so they stay). */
     size_t slots;
     bool too_many_slots;
     const char *slot_start[SHAPE_MAX_SLOTS], *slot_end[SHAPE_MAX_SLOTS];
+    bool slot_number[SHAPE_MAX_SLOTS];
 } fast;
 
 typedef enum fast_kind { KIND_OTHER, KIND_STRING, KIND_NULL, KIND_ARRAY } fast_kind;
@@ -605,6 +606,17 @@ static bool fast_array(fast *f, int depth, fast_role role, fast_value *v)
     }
 }
 
+static void note_slot(fast *f, const char *start, const char *end, bool number)
+{
+    if (f->slots == SHAPE_MAX_SLOTS) {
+        f->too_many_slots = true;
+        return;
+    }
+    f->slot_start[f->slots] = start;
+    f->slot_end[f->slots] = end;
+    f->slot_number[f->slots++] = number;
+}
+
 static bool fast_value_at(fast *f, int depth, fast_role role, fast_value *v)
 {
     *v = (fast_value){0};
@@ -616,12 +628,7 @@ static bool fast_value_at(fast *f, int depth, fast_role role, fast_value *v)
         v->kind = KIND_STRING;
         if (!fast_string(f, &v->str))
             return false;
-        if (f->slots < SHAPE_MAX_SLOTS) {
-            f->slot_start[f->slots] = v->str.ptr;
-            f->slot_end[f->slots++] = v->str.ptr + v->str.len;
-        } else {
-            f->too_many_slots = true;
-        }
+        note_slot(f, v->str.ptr, v->str.ptr + v->str.len, false);
         return true;
     case '{':
         /* a choice's role only matters for an object; a delta's likewise */
@@ -636,31 +643,39 @@ static bool fast_value_at(fast *f, int depth, fast_role role, fast_value *v)
         return fast_literal(f, "true", 4);
     case 'f':
         return fast_literal(f, "false", 5);
-    default:
-        return fast_number(f);
+    default: {
+        const char *start = f->p;
+        if (!fast_number(f))
+            return false;
+        note_slot(f, start, f->p, true);
+        return true;
+    }
     }
 }
 
 /* The shape cache. A stream's chunks differ in their strings (the text, and
- * in some APIs a random padding) and little else, so the last chunk the
- * parser below took is kept, with where its string values lie. A chunk
- * that is that one with other strings in those places, each valid and
- * empty where the old one was, is the same JSON structure with the same
- * keys, so the full path would read it the same way: the same fields, the
- * text from the same place. Matching compares words up to the first
- * difference, which must lie in a string value; that string is scanned,
- * and the compare goes on after it. One cache per process: streams of
- * different shapes interleaving only cost the parse. */
+ * in some APIs a random padding) and their numbers (a timestamp) and little
+ * else, so the last chunks the parser below took are kept, with where their
+ * string and number values lie. A chunk that is one of those with other
+ * values in those places, each valid, a string empty where the old one
+ * was, is the same JSON structure with the same keys, so the full path
+ * would read it the same way: the same fields, the text from the same
+ * place. Matching compares words up to the first difference, which must
+ * lie in such a value; that value is scanned, and the compare goes on
+ * after it. Per process: streams of other shapes only cost the parse. */
 typedef struct shape {
     size_t len;                          /* 0: nothing cached */
     size_t slots;
-    size_t start[SHAPE_MAX_SLOTS], end[SHAPE_MAX_SLOTS]; /* string values, as offsets in bytes */
+    size_t start[SHAPE_MAX_SLOTS], end[SHAPE_MAX_SLOTS]; /* string and number values, as offsets */
+    bool number[SHAPE_MAX_SLOTS];
     size_t content_slot;                 /* == slots: the content is empty, no slot */
     bool has_content;
     char bytes[SHAPE_MAX_BYTES];
 } shape;
 
-static shape last_shape;
+/* Two: a stream's first chunk (the role) and the rest differ in shape. */
+static shape shapes[2];
+static size_t newest_shape;
 
 /* How many leading bytes a and b (n each) share. */
 static size_t common_prefix(const char *a, const char *b, size_t n)
@@ -695,12 +710,18 @@ static bool shape_match(const shape *sh, const char *data, size_t len, json_chun
                 content = (slice){data + di - (pi - sh->start[slot]), sh->end[slot] - sh->start[slot]};
         if (pi == sh->len && di == len)
             break;
-        /* A difference: fine only within a string value (or at its close:
-         * the new one is longer). Scan the new value from its start. */
+        /* A difference: fine only within a value (or just after it: the
+         * new one is longer). Scan the new value from its start. */
         if (slot == sh->slots || sh->start[slot] > pi)
             return false;
         di -= pi - sh->start[slot];
-        const char *close = string_close(data + di, data + len);
+        const char *close;
+        if (sh->number[slot]) {
+            fast f = {.p = data + di, .end = data + len};
+            close = fast_number(&f) ? f.p : NULL;
+        } else {
+            close = string_close(data + di, data + len);
+        }
         if (!close || (close == data + di) != (sh->start[slot] == sh->end[slot]))
             return false;
         if (slot == sh->content_slot)
@@ -721,6 +742,7 @@ static void shape_learn(shape *sh, const fast *f, const char *data, size_t len, 
     for (size_t i = 0; i < f->slots; i++) {
         sh->start[i] = (size_t)(f->slot_start[i] - data);
         sh->end[i] = (size_t)(f->slot_end[i] - data);
+        sh->number[i] = f->slot_number[i];
         if (info->content.ptr == f->slot_start[i] && info->content.len == sh->end[i] - sh->start[i])
             content_slot = i;
     }
@@ -773,8 +795,11 @@ static bool looks_final(const char *data, size_t len)
 
 bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
 {
-    if (last_shape.len && shape_match(&last_shape, data, len, out))
-        return true;
+    for (size_t k = 0; k < 2; k++) {
+        size_t i = (newest_shape + k) % 2;
+        if (shapes[i].len && shape_match(&shapes[i], data, len, out))
+            return true;
+    }
     *out = (json_chunk_info){0};
     if (len < 2 || looks_final(data, len))
         return false;
@@ -790,7 +815,8 @@ bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
         *out = (json_chunk_info){0};
         return false;
     }
-    shape_learn(&last_shape, &f, data, len, out);
+    newest_shape = (newest_shape + 1) % 2;
+    shape_learn(&shapes[newest_shape], &f, data, len, out);
     return true;
 }
 
