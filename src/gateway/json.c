@@ -695,21 +695,26 @@ static size_t common_prefix(const char *a, const char *b, size_t n)
     return i;
 }
 
-static bool shape_match(const shape *sh, const char *data, size_t len, json_chunk_info *out)
+/* On a match the chunk replaces the cached one when values other than the
+ * text changed (a new stream's id and time), so that the stream's later
+ * chunks differ from it in the text alone. */
+static bool shape_match(shape *sh, const char *data, size_t len, json_chunk_info *out)
 {
     size_t pi = 0, di = 0, slot = 0; /* offsets in the cached chunk and in data */
-    slice content = {NULL, 0};
+    size_t start[SHAPE_MAX_SLOTS], end[SHAPE_MAX_SLOTS];
+    bool refresh = false;
     for (;;) {
         size_t room = sh->len - pi < len - di ? sh->len - pi : len - di;
         size_t same = common_prefix(sh->bytes + pi, data + di, room);
         pi += same;
         di += same;
-        /* Values passed whole are the same bytes, so the same strings. */
-        for (; slot < sh->slots && sh->end[slot] < pi; slot++)
-            if (slot == sh->content_slot)
-                content = (slice){data + di - (pi - sh->start[slot]), sh->end[slot] - sh->start[slot]};
+        /* Values passed whole are the same bytes, so the same values. */
+        for (; slot < sh->slots && sh->end[slot] < pi; slot++) {
+            start[slot] = sh->start[slot] + di - pi;
+            end[slot] = sh->end[slot] + di - pi;
+        }
         if (pi == sh->len && di == len)
-            break;
+            break; /* every value passed: the chunk ends in a brace */
         /* A difference: fine only within a value (or just after it: the
          * new one is longer). Scan the new value from its start. */
         if (slot == sh->slots || sh->start[slot] > pi)
@@ -724,12 +729,23 @@ static bool shape_match(const shape *sh, const char *data, size_t len, json_chun
         }
         if (!close || (close == data + di) != (sh->start[slot] == sh->end[slot]))
             return false;
-        if (slot == sh->content_slot)
-            content = (slice){data + di, (size_t)(close - (data + di))};
-        di = (size_t)(close - data);
+        refresh |= slot != sh->content_slot;
+        start[slot] = di;
+        end[slot] = di = (size_t)(close - data);
         pi = sh->end[slot++];
     }
+    if (slot != sh->slots)
+        return false;
+    slice content = {NULL, 0};
+    if (sh->content_slot < sh->slots)
+        content = (slice){data + start[sh->content_slot], end[sh->content_slot] - start[sh->content_slot]};
     *out = (json_chunk_info){.has_content = sh->has_content, .content = content};
+    if (refresh && len <= SHAPE_MAX_BYTES) {
+        memcpy(sh->bytes, data, len);
+        memcpy(sh->start, start, sh->slots * sizeof *start);
+        memcpy(sh->end, end, sh->slots * sizeof *end);
+        sh->len = len;
+    }
     return true;
 }
 

@@ -215,3 +215,27 @@ TEST(json_fast_reads_what_the_relay_counts)
     CHECK(json_inspect_chunk_fast(role, strlen(role), &info));
     CHECK(!info.has_content && info.content.len == 0);
 }
+
+TEST(json_fast_cache_follows_a_new_stream)
+{
+    /* Another stream: a new id, a new time, a longer number, text with
+     * escapes; then a number the cache must not take as one. */
+    static const char *const stream[] = {
+        "{\"id\":\"chatcmpl-1\",\"created\":1796114582,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}",
+        "{\"id\":\"chatcmpl-22\",\"created\":1796114583,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}",
+        "{\"id\":\"chatcmpl-22\",\"created\":1796114583,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"c\\\\\"}}]}",
+        "{\"id\":\"chatcmpl-22\",\"created\":17961145830,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"d\"}}]}",
+        "{\"id\":\"chatcmpl-3\",\"created\":-1.5e3,\"choices\":[{\"index\":10,\"delta\":{\"content\":\"e\"}}]}",
+        "{\"id\":\"\",\"created\":1,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"f\"}}]}",
+        "{\"id\":\"chatcmpl-22\",\"created\":1796114583,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"g\"}}]}",
+    };
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < sizeof stream / sizeof *stream; i++)
+            CHECK(agree(stream[i]));
+    CHECK(!agree("{\"id\":\"chatcmpl-22\",\"created\":01,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"g\"}}]}"));
+    CHECK(!agree("{\"id\":\"chatcmpl-22\",\"created\":1.,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"g\"}}]}"));
+    CHECK(!agree("{\"id\":\"chatcmpl-22\",\"created\":1796114583,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"g}}]}"));
+    json_chunk_info info;
+    const char *last = stream[6];
+    CHECK(json_inspect_chunk_fast(last, strlen(last), &info) && slice_eq(info.content, SLICE_LIT("g")));
+}
