@@ -19,6 +19,15 @@ static const char *line_end(const char *p, const char *end)
 {
 #ifdef __SSE2__
     const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
+    while (end - p >= 32) { /* two blocks a turn: half the loop's own cost */
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+        __m128i y = _mm_loadu_si128((const __m128i *)(const void *)(p + 16));
+        unsigned mask = (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, lf), _mm_cmpeq_epi8(x, cr))) |
+                        (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(y, lf), _mm_cmpeq_epi8(y, cr))) << 16;
+        if (mask)
+            return p + __builtin_ctz(mask);
+        p += 32;
+    }
     while (end - p >= 16) {
         __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
         unsigned mask = (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, lf), _mm_cmpeq_epi8(x, cr)));
@@ -78,7 +87,15 @@ static void take_line(sse_parser *p, const char *event, slice line)
         return; /* a comment */
     p->has_fields = true;
     slice name, value;
-    split_field(line, &name, &value);
+    if (line.len >= 5 && memcmp(line.ptr, "data:", 5) == 0) { /* nearly every line */
+        const char *v = line.ptr + 5, *end = line.ptr + line.len;
+        if (v < end && *v == ' ')
+            v++;
+        name = (slice){line.ptr, 4};
+        value = (slice){v, (size_t)(end - v)};
+    } else {
+        split_field(line, &name, &value);
+    }
     if (slice_eq(name, SLICE_LIT("data")) && p->data_lines++ == 0) {
         p->data_off = (size_t)(value.ptr - event);
         p->data_len = value.len;
