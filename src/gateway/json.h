@@ -44,6 +44,15 @@ typedef struct json_chunk_info {
  * the stack, or in `a` for unusually large chunks. */
 int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *out);
 
+/* The two halves of json_inspect_chunk, public for the tests that hold them
+ * to agree. The fast one reads a chunk in one pass without tokens, and only
+ * takes the bulk of a stream: valid JSON carrying no usage, error or
+ * finish_reason (each null or absent) and no "response"; for it, it fills
+ * *out exactly as the full one would and returns true. Anything else (and
+ * anything it is unsure of) is false, for the full path, jsmn's. */
+bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out);
+int json_inspect_chunk_full(const char *data, size_t len, arena *a, json_chunk_info *out);
+
 /* The usage of a whole JSON answer (chat, completions, responses,
  * embeddings) without tokenising all of it: the last "usage" member whose
  * value is an object is found by a byte scan and only that object is

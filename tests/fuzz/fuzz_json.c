@@ -166,6 +166,14 @@ static bool within(const char *buf, size_t len, slice s)
     return s.len == 0 || (s.ptr >= buf && s.ptr + s.len <= buf + len);
 }
 
+static bool same_chunk(const json_chunk_info *a, const json_chunk_info *b)
+{
+    return a->usage_only == b->usage_only && a->has_usage == b->has_usage &&
+           a->prompt_tokens == b->prompt_tokens && a->completion_tokens == b->completion_tokens &&
+           a->is_error == b->is_error && a->has_content == b->has_content && a->content.len == b->content.len &&
+           (a->content.len == 0 || a->content.ptr == b->content.ptr);
+}
+
 static unsigned long lenient_accepts; /* jsmn took what is not JSON */
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -233,6 +241,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(chunk.has_usage);
     if (!chunk.has_usage)
         FUZZ_CHECK(chunk.prompt_tokens == 0 && chunk.completion_tokens == 0);
+
+    /* The fast path (and the shape cache, primed by earlier inputs and then
+     * by this one) must read exactly what the full path reads, wherever it
+     * takes the input at all. */
+    json_chunk_info full;
+    int full_rc = json_inspect_chunk_full(body, size, &a, &full);
+    FUZZ_CHECK(full_rc == rc);
+    for (int round = 0; round < 2; round++) {
+        json_chunk_info fast;
+        if (!json_inspect_chunk_fast(body, size, &fast))
+            continue;
+        if (full_rc != 0 || !same_chunk(&fast, &full)) {
+            fprintf(stderr, "fast path disagrees (round %d, full rc %d): %.*s\n", round, full_rc, (int)size, body);
+            FUZZ_CHECK(full_rc == 0);
+            FUZZ_CHECK(same_chunk(&fast, &full));
+        }
+    }
 
     free(body);
     arena_reset(&a);
