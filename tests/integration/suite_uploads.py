@@ -26,30 +26,38 @@ def send_upload(port, path, body, ctype, key='sk-team-a-2f9d1c7e5b', chunked=Fal
         hs.append(('Authorization', 'Bearer ' + key))
     c = HTTPConn(port, timeout=timeout)
     try:
-        if chunked:
-            hs.append(('Transfer-Encoding', 'chunked'))
-            c.send(build_request('POST', path, hs, b'', add_length=False))
-            sizes = [1, 7, 4096, piece, 3, piece * 2]
-            i = k = 0
-            while i < len(body):
-                n = sizes[k % len(sizes)]
-                k += 1
-                part = body[i:i + n]
-                i += n
-                c.send(b'%x;note=x\r\n' % len(part) + part + b'\r\n')
-                if sample and k % 16 == 0:
-                    sample()
-            c.send(b'0\r\nX-Trailer: done\r\n\r\n')
-        else:
-            c.send(build_request('POST', path, hs, b'', add_length=False)[:-2] +
-                   b'Content-Length: %d\r\n\r\n' % len(body))
-            for i in range(0, len(body), piece):
-                c.send(body[i:i + piece])
-                if sample and (i // piece) % 16 == 0:
-                    sample()
+        try:
+            send_body(c, path, hs, body, chunked, piece, sample)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the gateway answered (413, say) and closed before the body was all sent
         return c.read_response(timeout)
     finally:
         c.close()
+
+
+def send_body(c, path, hs, body, chunked, piece, sample):
+    """The request head and body, chunked in odd pieces or by Content-Length."""
+    if chunked:
+        hs.append(('Transfer-Encoding', 'chunked'))
+        c.send(build_request('POST', path, hs, b'', add_length=False))
+        sizes = [1, 7, 4096, piece, 3, piece * 2]
+        i = k = 0
+        while i < len(body):
+            n = sizes[k % len(sizes)]
+            k += 1
+            part = body[i:i + n]
+            i += n
+            c.send(b'%x;note=x\r\n' % len(part) + part + b'\r\n')
+            if sample and k % 16 == 0:
+                sample()
+        c.send(b'0\r\nX-Trailer: done\r\n\r\n')
+    else:
+        c.send(build_request('POST', path, hs, b'', add_length=False)[:-2] +
+               b'Content-Length: %d\r\n\r\n' % len(body))
+        for i in range(0, len(body), piece):
+            c.send(body[i:i + piece])
+            if sample and (i // piece) % 16 == 0:
+                sample()
 
 
 @test(ANY, timeout=60)
