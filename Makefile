@@ -167,11 +167,11 @@ FUZZ_SRC_http_response := src/http/http.c src/core/wbuf.c
 FUZZ_SRC_chunked       := src/http/http.c src/core/wbuf.c
 FUZZ_SRC_sse           := src/gateway/sse.c src/http/http.c src/core/wbuf.c
 FUZZ_SRC_url           := src/upstream/url.c
-FUZZ_SRC_json          := src/gateway/json.c src/core/arena.c src/core/wbuf.c
-FUZZ_SRC_jwt           := src/gateway/jwt.c src/gateway/json.c src/core/arena.c src/core/base64.c src/core/wbuf.c third_party/lib/libbearssl.a
+FUZZ_SRC_json          := src/gateway/json.c src/gateway/json_fast.c src/core/arena.c src/core/wbuf.c
+FUZZ_SRC_jwt           := src/gateway/jwt.c src/gateway/json.c src/gateway/json_fast.c src/core/arena.c src/core/base64.c src/core/wbuf.c third_party/lib/libbearssl.a
 FUZZ_SRC_keys          := src/gateway/keys.c third_party/lib/libbearssl.a
 FUZZ_SRC_config        := src/upstream/cfgfile.c src/upstream/routes.c src/upstream/url.c src/core/config.c \
-                          src/core/wbuf.c src/core/arena.c src/gateway/keys.c src/gateway/json.c third_party/lib/libbearssl.a
+                          src/core/wbuf.c src/core/arena.c src/gateway/keys.c src/gateway/json.c src/gateway/json_fast.c third_party/lib/libbearssl.a
 FUZZ_TARGETS += replay
 FUZZ_SRC_replay        := src/gateway/replay.c src/gateway/chatstream.c src/core/base64.c src/core/wbuf.c
 FUZZ_SRC_dns           := src/upstream/dns.c src/upstream/dns_conf.c

@@ -11,6 +11,9 @@
 #include "core/slice.h"
 #include "core/wbuf.h"
 
+/* Tokens jsmn gets on the stack; a chunk that needs more goes to the arena. */
+enum { JSON_STACK_TOKENS = 512 };
+
 /* One splice of a body: replace `remove` bytes at `at` with `insert`. */
 typedef struct json_edit {
     bool active;

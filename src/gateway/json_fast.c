@@ -1,0 +1,517 @@
+/* The fast path for plain content deltas (most of a stream): a strict
+ * one-pass reader that stores no tokens, and a cache of the last chunks'
+ * shapes, so a chunk that is the last one with other strings is read with a
+ * few compares. It answers only where the jsmn path would answer the same;
+ * anything else is left to json_inspect_chunk_full. */
+#include "gateway/json.h"
+
+#include <string.h>
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+/* The fast path: one pass over the chunk, RFC 8259 strict, no tokens. It
+ * accepts only JSON jsmn tokenises the same way (and less: no raw control
+ * characters, nesting of at most FAST_MAX_DEPTH), so what it reads is what
+ * the full path would read; it bails out wherever the full path would find
+ * usage, an error or a finish. Most of a chunk is strings, which are crossed
+ * 16 bytes at a time where SSE2 is there. */
+enum { FAST_MAX_DEPTH = 16, FAST_MAX_TOKENS = JSON_STACK_TOKENS - 12 };
+
+typedef enum fast_role { ROLE_PLAIN, ROLE_TOP, ROLE_CHOICES, ROLE_CHOICE, ROLE_DELTA } fast_role;
+
+enum { SHAPE_MAX_SLOTS = 24, SHAPE_MAX_BYTES = 1024 };
+
+typedef struct fast {
+    const char *p, *end;
+    int tokens;
+    /* The string and number values met, for the shape cache; a "type"
+     * value is not one (its bytes decide has_content, so they stay). */
+    size_t slots;
+    bool too_many_slots;
+    const char *slot_start[SHAPE_MAX_SLOTS], *slot_end[SHAPE_MAX_SLOTS];
+    bool slot_number[SHAPE_MAX_SLOTS];
+} fast;
+
+typedef enum fast_kind { KIND_OTHER, KIND_STRING, KIND_NULL, KIND_ARRAY } fast_kind;
+
+/* What a parsed value was, as far as the chunk's fields care. */
+typedef struct fast_value {
+    fast_kind kind;
+    slice str;        /* KIND_STRING: the contents, still escaped */
+    size_t elements;  /* KIND_ARRAY */
+    slice content;    /* ROLE_CHOICES, ROLE_CHOICE, ROLE_DELTA: the text the full path takes */
+} fast_value;
+
+/* The keys the fast path cares about, told apart once per key. */
+typedef enum fast_key { KEY_OTHER, KEY_CHOICES, KEY_DELTA, KEY_CONTENT, KEY_TEXT, KEY_TYPE, KEY_RESPONSE, KEY_FINAL } fast_key;
+
+#define KEY_IS(k, lit) ((k).len == sizeof(lit) - 1 && memcmp((k).ptr, (lit), sizeof(lit) - 1) == 0)
+
+static fast_key classify_key(slice k)
+{
+    switch (k.len) {
+    case 4:
+        return KEY_IS(k, "type") ? KEY_TYPE : KEY_IS(k, "text") ? KEY_TEXT : KEY_OTHER;
+    case 5:
+        return KEY_IS(k, "delta") ? KEY_DELTA : KEY_IS(k, "usage") || KEY_IS(k, "error") ? KEY_FINAL : KEY_OTHER;
+    case 7:
+        return KEY_IS(k, "choices") ? KEY_CHOICES : KEY_IS(k, "content") ? KEY_CONTENT : KEY_OTHER;
+    case 8:
+        return KEY_IS(k, "response") ? KEY_RESPONSE : KEY_OTHER;
+    case 13:
+        return KEY_IS(k, "finish_reason") ? KEY_FINAL : KEY_OTHER;
+    default:
+        return KEY_OTHER;
+    }
+}
+
+static bool is_hex(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+/* p is just past an opening quote: the closing quote, or NULL for a string
+ * the fast path does not take (unterminated, a bad escape, a control byte). */
+static const char *string_close(const char *p, const char *end)
+{
+    for (;;) {
+#ifdef __SSE2__
+        const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'), control = _mm_set1_epi8(0x1f);
+        while (end - p >= 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+            __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
+                                       _mm_cmpeq_epi8(_mm_max_epu8(x, control), control));
+            unsigned mask = (unsigned)_mm_movemask_epi8(hit);
+            if (mask) {
+                p += __builtin_ctz(mask);
+                break;
+            }
+            p += 16;
+        }
+#endif
+        while (p < end && (unsigned char)*p >= 0x20 && *p != '"' && *p != '\\')
+            p++;
+        if (p >= end || (unsigned char)*p < 0x20)
+            return NULL;
+        if (*p == '"')
+            return p;
+        if (++p >= end) /* past the backslash */
+            return NULL;
+        if (*p == 'u') {
+            if (end - p < 5 || !is_hex(p[1]) || !is_hex(p[2]) || !is_hex(p[3]) || !is_hex(p[4]))
+                return NULL;
+            p += 5;
+        } else if (*p == '"' || *p == '\\' || *p == '/' || *p == 'b' || *p == 'f' || *p == 'n' || *p == 'r' ||
+                   *p == 't') {
+            p++;
+        } else {
+            return NULL;
+        }
+    }
+}
+
+static void skip_space(fast *f)
+{
+    while (f->p < f->end && is_space(*f->p))
+        f->p++;
+}
+
+/* Chunks seldom have white space: one compare for the usual case. */
+static inline void fast_space(fast *f)
+{
+    if (f->p < f->end && (unsigned char)*f->p <= ' ')
+        skip_space(f);
+}
+
+static bool fast_string(fast *f, slice *out)
+{
+    const char *close = string_close(f->p + 1, f->end);
+    if (!close)
+        return false;
+    *out = (slice){f->p + 1, (size_t)(close - f->p - 1)};
+    f->p = close + 1;
+    return true;
+}
+
+static bool fast_literal(fast *f, const char *lit, size_t n)
+{
+    if ((size_t)(f->end - f->p) < n || memcmp(f->p, lit, n) != 0)
+        return false;
+    f->p += n;
+    return true;
+}
+
+static bool fast_digits(fast *f)
+{
+    const char *start = f->p;
+    while (f->p < f->end && is_digit(*f->p))
+        f->p++;
+    return f->p > start;
+}
+
+static bool fast_number(fast *f)
+{
+    if (f->p < f->end && *f->p == '-')
+        f->p++;
+    if (f->p < f->end && *f->p == '0')
+        f->p++;
+    else if (!fast_digits(f))
+        return false;
+    if (f->p < f->end && *f->p == '.') {
+        f->p++;
+        if (!fast_digits(f))
+            return false;
+    }
+    if (f->p < f->end && (*f->p == 'e' || *f->p == 'E')) {
+        f->p++;
+        if (f->p < f->end && (*f->p == '+' || *f->p == '-'))
+            f->p++;
+        if (!fast_digits(f))
+            return false;
+    }
+    return true;
+}
+
+static bool fast_value_at(fast *f, int depth, fast_role role, fast_value *v);
+
+/* The members of an object (f->p at its brace), with what the full path
+ * reads from them for the object's role. */
+static bool fast_object(fast *f, int depth, fast_role role, fast_value *v, json_chunk_info *out)
+{
+    f->p++;
+    fast_space(f);
+    if (f->p < f->end && *f->p == '}') {
+        f->p++;
+        return true;
+    }
+    bool delta_seen = false, text_seen = false, content_seen = false;
+    slice text = {NULL, 0};
+    for (;;) {
+        slice key;
+        fast_space(f);
+        if (f->p >= f->end || *f->p != '"' || !fast_string(f, &key) || ++f->tokens > FAST_MAX_TOKENS)
+            return false;
+        fast_space(f);
+        if (f->p >= f->end || *f->p != ':')
+            return false;
+        f->p++;
+        fast_role inner = ROLE_PLAIN;
+        fast_key kind = classify_key(key);
+        if (role == ROLE_TOP && kind == KEY_CHOICES)
+            inner = ROLE_CHOICES;
+        else if (role == ROLE_CHOICE && !delta_seen && kind == KEY_DELTA)
+            inner = ROLE_DELTA;
+        fast_value val;
+        if (!fast_value_at(f, depth + 1, inner, &val))
+            return false;
+        if (val.kind != KIND_NULL && kind == KEY_FINAL)
+            return false; /* the full path's business */
+        if (role == ROLE_TOP) {
+            /* as json_inspect_chunk_full reads the top level, in order */
+            if (kind == KEY_RESPONSE)
+                return false;
+            if (inner == ROLE_CHOICES && val.kind == KIND_ARRAY) {
+                out->content = val.content;
+                out->has_content |= val.content.len > 0;
+            } else if (kind == KEY_TYPE && val.kind == KIND_STRING) {
+                out->has_content |= slice_eq(val.str, SLICE_LIT("response.output_text.delta"));
+                if (!f->too_many_slots)
+                    f->slots--; /* part of the skeleton */
+            } else if (kind == KEY_DELTA && val.kind == KIND_STRING && !out->content.len) {
+                out->content = val.str;
+            }
+        } else if (role == ROLE_CHOICE) {
+            /* as choices_content: the first delta's content, else the first text */
+            if (inner == ROLE_DELTA) {
+                delta_seen = true;
+                v->content = val.content;
+            } else if (!text_seen && kind == KEY_TEXT) {
+                text_seen = true;
+                text = val.kind == KIND_STRING ? val.str : (slice){NULL, 0};
+            }
+        } else if (role == ROLE_DELTA && !content_seen && kind == KEY_CONTENT) {
+            content_seen = true;
+            v->content = val.kind == KIND_STRING ? val.str : (slice){NULL, 0};
+        }
+        fast_space(f);
+        if (f->p < f->end && *f->p == ',') {
+            f->p++;
+            continue;
+        }
+        if (f->p >= f->end || *f->p != '}')
+            return false;
+        f->p++;
+        if (role == ROLE_CHOICE && !delta_seen)
+            v->content = text;
+        return true;
+    }
+}
+
+static bool fast_array(fast *f, int depth, fast_role role, fast_value *v)
+{
+    f->p++;
+    fast_space(f);
+    if (f->p < f->end && *f->p == ']') {
+        f->p++;
+        return true;
+    }
+    for (;;) {
+        fast_value el;
+        if (!fast_value_at(f, depth + 1, role == ROLE_CHOICES ? ROLE_CHOICE : ROLE_PLAIN, &el))
+            return false;
+        v->elements++;
+        if (role == ROLE_CHOICES && !v->content.len)
+            v->content = el.content; /* the first choice with text */
+        fast_space(f);
+        if (f->p < f->end && *f->p == ',') {
+            f->p++;
+            continue;
+        }
+        if (f->p >= f->end || *f->p != ']')
+            return false;
+        f->p++;
+        return true;
+    }
+}
+
+static void note_slot(fast *f, const char *start, const char *end, bool number)
+{
+    if (f->slots == SHAPE_MAX_SLOTS) {
+        f->too_many_slots = true;
+        return;
+    }
+    f->slot_start[f->slots] = start;
+    f->slot_end[f->slots] = end;
+    f->slot_number[f->slots++] = number;
+}
+
+static bool fast_value_at(fast *f, int depth, fast_role role, fast_value *v)
+{
+    *v = (fast_value){0};
+    fast_space(f);
+    if (f->p >= f->end || depth > FAST_MAX_DEPTH || ++f->tokens > FAST_MAX_TOKENS)
+        return false;
+    switch (*f->p) {
+    case '"':
+        v->kind = KIND_STRING;
+        if (!fast_string(f, &v->str))
+            return false;
+        note_slot(f, v->str.ptr, v->str.ptr + v->str.len, false);
+        return true;
+    case '{':
+        /* a choice's role only matters for an object; a delta's likewise */
+        return fast_object(f, depth, role == ROLE_CHOICES ? ROLE_PLAIN : role, v, NULL);
+    case '[':
+        v->kind = KIND_ARRAY;
+        return fast_array(f, depth, role == ROLE_CHOICES ? ROLE_CHOICES : ROLE_PLAIN, v);
+    case 'n':
+        v->kind = KIND_NULL;
+        return fast_literal(f, "null", 4);
+    case 't':
+        return fast_literal(f, "true", 4);
+    case 'f':
+        return fast_literal(f, "false", 5);
+    default: {
+        const char *start = f->p;
+        if (!fast_number(f))
+            return false;
+        note_slot(f, start, f->p, true);
+        return true;
+    }
+    }
+}
+
+/* The shape cache. A stream's chunks differ in their strings (the text, and
+ * in some APIs a random padding) and their numbers (a timestamp) and little
+ * else, so the last chunks the parser below took are kept, with where their
+ * string and number values lie. A chunk that is one of those with other
+ * values in those places, each valid, a string empty where the old one
+ * was, is the same JSON structure with the same keys, so the full path
+ * would read it the same way: the same fields, the text from the same
+ * place. Matching compares words up to the first difference, which must
+ * lie in such a value; that value is scanned, and the compare goes on
+ * after it. Per process: streams of other shapes only cost the parse. */
+typedef struct shape {
+    size_t len;                          /* 0: nothing cached */
+    size_t slots;
+    size_t start[SHAPE_MAX_SLOTS], end[SHAPE_MAX_SLOTS]; /* string and number values, as offsets */
+    bool number[SHAPE_MAX_SLOTS];
+    size_t content_slot;                 /* == slots: the content is empty, no slot */
+    bool has_content;
+    char bytes[SHAPE_MAX_BYTES];
+} shape;
+
+/* Two: a stream's first chunk (the role) and the rest differ in shape. */
+static shape shapes[2];
+static size_t newest_shape;
+
+/* How many leading bytes a and b (n each) share. */
+static size_t common_prefix(const char *a, const char *b, size_t n)
+{
+    size_t i = 0;
+#ifdef __SSE2__
+    for (; i + 16 <= n; i += 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(a + i));
+        __m128i y = _mm_loadu_si128((const __m128i *)(const void *)(b + i));
+        unsigned differ = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) ^ 0xffffu;
+        if (differ)
+            return i + (size_t)__builtin_ctz(differ);
+    }
+#endif
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y)
+            return i + (size_t)__builtin_ctzll(x ^ y) / 8;
+    }
+#endif
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
+}
+
+/* On a match the chunk replaces the cached one when values other than the
+ * text changed (a new stream's id and time), so that the stream's later
+ * chunks differ from it in the text alone. */
+static bool shape_match(shape *sh, const char *data, size_t len, json_chunk_info *out)
+{
+    size_t pi = 0, di = 0, slot = 0; /* offsets in the cached chunk and in data */
+    size_t start[SHAPE_MAX_SLOTS], end[SHAPE_MAX_SLOTS];
+    bool refresh = false;
+    for (;;) {
+        size_t room = sh->len - pi < len - di ? sh->len - pi : len - di;
+        size_t same = common_prefix(sh->bytes + pi, data + di, room);
+        pi += same;
+        di += same;
+        /* Values passed whole are the same bytes, so the same values. */
+        for (; slot < sh->slots && sh->end[slot] < pi; slot++) {
+            start[slot] = sh->start[slot] + di - pi;
+            end[slot] = sh->end[slot] + di - pi;
+        }
+        if (pi == sh->len && di == len)
+            break; /* every value passed: the chunk ends in a brace */
+        /* A difference: fine only within a value (or just after it: the
+         * new one is longer). Scan the new value from its start. */
+        if (slot == sh->slots || sh->start[slot] > pi)
+            return false;
+        di -= pi - sh->start[slot];
+        const char *close;
+        if (sh->number[slot]) {
+            fast f = {.p = data + di, .end = data + len};
+            close = fast_number(&f) ? f.p : NULL;
+        } else {
+            close = string_close(data + di, data + len);
+        }
+        if (!close || (close == data + di) != (sh->start[slot] == sh->end[slot]))
+            return false;
+        refresh |= slot != sh->content_slot;
+        start[slot] = di;
+        end[slot] = di = (size_t)(close - data);
+        pi = sh->end[slot++];
+    }
+    if (slot != sh->slots)
+        return false;
+    slice content = {NULL, 0};
+    if (sh->content_slot < sh->slots)
+        content = (slice){data + start[sh->content_slot], end[sh->content_slot] - start[sh->content_slot]};
+    *out = (json_chunk_info){.has_content = sh->has_content, .content = content};
+    if (refresh && len <= SHAPE_MAX_BYTES) {
+        memcpy(sh->bytes, data, len);
+        memcpy(sh->start, start, sh->slots * sizeof *start);
+        memcpy(sh->end, end, sh->slots * sizeof *end);
+        sh->len = len;
+    }
+    return true;
+}
+
+static void shape_learn(shape *sh, const fast *f, const char *data, size_t len, const json_chunk_info *info)
+{
+    sh->len = 0;
+    if (f->too_many_slots || len > SHAPE_MAX_BYTES || len == 0)
+        return;
+    size_t content_slot = f->slots;
+    for (size_t i = 0; i < f->slots; i++) {
+        sh->start[i] = (size_t)(f->slot_start[i] - data);
+        sh->end[i] = (size_t)(f->slot_end[i] - data);
+        sh->number[i] = f->slot_number[i];
+        if (info->content.ptr == f->slot_start[i] && info->content.len == sh->end[i] - sh->start[i])
+            content_slot = i;
+    }
+    /* The content is a string value, so a slot, unless empty. */
+    if (content_slot == f->slots && info->content.len)
+        return;
+    memcpy(sh->bytes, data, len);
+    sh->slots = f->slots;
+    sh->content_slot = content_slot;
+    sh->has_content = info->has_content;
+    sh->len = len;
+}
+
+/* Whether the chunk shows "finish_reason":" , "usage":{ or "error":{ as
+ * written compactly: it is the full path's, and the one-pass reader would
+ * find out only at the end. Spaced variants are left to that reader. Finds
+ * each `":` followed by a quote or brace, 16 positions at a time. */
+static bool final_key_before(const char *data, const char *colon)
+{
+    size_t before = (size_t)(colon - data);
+    if (colon[1] == '"')
+        return before >= 15 && memcmp(colon - 15, "\"finish_reason\"", 15) == 0;
+    return before >= 7 && (memcmp(colon - 7, "\"usage\"", 7) == 0 || memcmp(colon - 7, "\"error\"", 7) == 0);
+}
+
+static bool looks_final(const char *data, size_t len)
+{
+    const char *p = data + 1, *end = data + len;
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), colon = _mm_set1_epi8(':'), brace = _mm_set1_epi8('{');
+    while (end - p >= 17) {
+        __m128i before = _mm_loadu_si128((const __m128i *)(const void *)(p - 1));
+        __m128i at = _mm_loadu_si128((const __m128i *)(const void *)p);
+        __m128i after = _mm_loadu_si128((const __m128i *)(const void *)(p + 1));
+        __m128i hit = _mm_and_si128(_mm_and_si128(_mm_cmpeq_epi8(before, quote), _mm_cmpeq_epi8(at, colon)),
+                                    _mm_or_si128(_mm_cmpeq_epi8(after, quote), _mm_cmpeq_epi8(after, brace)));
+        for (unsigned mask = (unsigned)_mm_movemask_epi8(hit); mask; mask &= mask - 1) {
+            if (final_key_before(data, p + __builtin_ctz(mask)))
+                return true;
+        }
+        p += 16;
+    }
+#endif
+    for (; p + 1 < end; p++) {
+        if (*p == ':' && p[-1] == '"' && (p[1] == '"' || p[1] == '{') && final_key_before(data, p))
+            return true;
+    }
+    return false;
+}
+
+bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
+{
+    for (size_t k = 0; k < 2; k++) {
+        size_t i = (newest_shape + k) % 2;
+        if (shapes[i].len && shape_match(&shapes[i], data, len, out))
+            return true;
+    }
+    *out = (json_chunk_info){0};
+    if (len < 2 || looks_final(data, len))
+        return false;
+    fast f = {.p = data, .end = data + len};
+    fast_space(&f);
+    if (f.p >= f.end || *f.p != '{')
+        return false;
+    f.tokens = 1;
+    fast_value top = {0};
+    bool ok = fast_object(&f, 0, ROLE_TOP, &top, out);
+    fast_space(&f);
+    if (!ok || f.p != f.end) {
+        *out = (json_chunk_info){0};
+        return false;
+    }
+    newest_shape = (newest_shape + 1) % 2;
+    shape_learn(&shapes[newest_shape], &f, data, len, out);
+    return true;
+}
+
