@@ -82,7 +82,6 @@ struct verifier {
     br_x509_minimal_context *inner; /* during a full handshake only */
     br_ssl_engine_context *eng;     /* whose hash and signature code inner uses */
     const tls_trust *trust;
-    const char *name;               /* what the certificate must name; NULL for an address */
     bool no_memory;                 /* inner could not be made */
     unsigned char ip[16];
     size_t ip_len; /* 4 or 16; 0 when the host is a name */
@@ -116,7 +115,7 @@ struct tls_conn {
     size_t rbuf_len, rpos, rlen; /* its size; the unconsumed bytes [rpos, rlen) */
     unsigned char *ibuf; /* the engine's input buffer */
     size_t in_touched;   /* how far into ibuf records have reached */
-    unsigned char *map;  /* a client's one mapping (see client_layout); NULL on a server */
+    unsigned char *map;  /* a client's one mapping (struct client_block); NULL on a server */
     size_t map_len;
     size_t trim_from;    /* offset in map from which pages hold only ibuf */
 };
