@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -59,10 +60,13 @@ struct tls_session_cache {
     bool valid;
 };
 
-/* Hosts given as an IP address: BearSSL's minimal engine matches DNS names
- * only, so it validates the chain with no name while this wrapper keeps the
- * end-entity certificate and looks for the address among its iPAddress
- * subjectAltNames. */
+/* Every client connection verifies through this x509 class, which makes
+ * BearSSL's minimal engine (3 KiB) only when a full handshake sends a
+ * chain and frees it once the handshake is over; a resumed handshake never
+ * needs one. For hosts given as an IP address, whose certificate BearSSL
+ * cannot match (it compares DNS names only), the chain is validated with
+ * no name while the end-entity certificate is kept and its iPAddress
+ * subjectAltNames checked here. */
 enum { IP_CERT_MAX = 65536 }; /* larger end-entity certificates are refused */
 
 typedef enum ip_outcome {
@@ -73,9 +77,12 @@ typedef enum ip_outcome {
     IP_TOO_LARGE, /* over IP_CERT_MAX, or no memory to hold it */
 } ip_outcome;
 
-struct ip_verifier {
+struct verifier {
     const br_x509_class *vtable; /* first: BearSSL passes &vtable */
-    br_x509_minimal_context *inner;
+    br_x509_minimal_context *inner; /* during a full handshake only */
+    br_ssl_engine_context *eng;     /* whose hash and signature code inner uses */
+    const tls_trust *trust;
+    bool no_memory;                 /* inner could not be made */
     unsigned char ip[16];
     size_t ip_len; /* 4 or 16; 0 when the host is a name */
     uint32_t certs_started;
@@ -86,15 +93,8 @@ struct ip_verifier {
 };
 
 struct tls_conn {
-    union {
-        struct {
-            br_ssl_client_context cc;
-            br_x509_minimal_context xc;
-            struct ip_verifier iv;
-        } cli;
-        br_ssl_server_context sc;
-    } u;
     br_ssl_engine_context *eng;
+    struct verifier vf; /* clients only */
     bool is_client;
     bool hs_done;
     bool resumed;
@@ -111,10 +111,57 @@ struct tls_conn {
     size_t hello_seen;
     char server_name[256];
     char err[320];
-    size_t rpos, rlen; /* unconsumed socket bytes in rbuf */
+    unsigned char *rbuf; /* socket bytes read ahead of the engine */
+    size_t rbuf_len, rpos, rlen; /* its size; the unconsumed bytes [rpos, rlen) */
+    unsigned char *ibuf; /* the engine's input buffer */
+    size_t in_touched;   /* how far into ibuf records have reached */
+    unsigned char *map;  /* a client's one mapping (struct client_block); NULL on a server */
+    size_t map_len;
+    size_t trim_from;    /* offset in map from which pages hold only ibuf */
+};
+
+/* A client connection lives in one private mapping of its own, laid out
+ *
+ *     [ client_block | rbuf | obuf | ibuf (a full record, 16 KiB + 325) ]
+ *
+ * Resident memory counts the pages touched, and each buffer is touched
+ * from its start as far as its largest use: the context is written
+ * whole, rbuf as far as the longest read, obuf as far as the longest
+ * record sent, ibuf as far as the longest record received. SSE events
+ * are records of a few hundred bytes, so a streaming connection stays
+ * within the first two pages; pages a large record reached past those
+ * are given back once the input is empty again (after the handshake and
+ * when the connection goes idle). munmap() at the end also takes the
+ * keys and plaintext with it. Servers (the test upstream) keep
+ * full-size buffers, so that they send records of every size. */
+struct client_block {
+    tls_conn conn; /* first: the connection is the block */
+    br_ssl_client_context cc;
+};
+
+struct server_block {
+    tls_conn conn; /* first */
+    br_ssl_server_context sc;
     unsigned char rbuf[4096];
     unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
 };
+
+enum {
+    LAYOUT_PAGE = 4096,
+    /* Requests are small: records of up to 1 KiB of plaintext, a larger
+     * request simply takes more of them (85 bytes: BearSSL's largest
+     * record overhead on output). */
+    CLIENT_OBUF_LEN = 1024 + (BR_SSL_BUFSIZE_OUTPUT - 16384),
+    /* ibuf starts this far before the end of the second page, the room a
+     * received record has before it touches a third one. */
+    CLIENT_IBUF_SHARE = 1536,
+    CLIENT_IBUF_AT = 2 * LAYOUT_PAGE - CLIENT_IBUF_SHARE,
+    CLIENT_HEAD_LEN = (sizeof(struct client_block) + 15) / 16 * 16,
+    CLIENT_RBUF_LEN = CLIENT_IBUF_AT - CLIENT_HEAD_LEN - CLIENT_OBUF_LEN,
+    CLIENT_MAP_LEN = CLIENT_IBUF_AT + BR_SSL_BUFSIZE_INPUT,
+};
+_Static_assert(CLIENT_HEAD_LEN + CLIENT_OBUF_LEN + 512 <= CLIENT_IBUF_AT,
+               "the client context leaves too little room for its read-ahead buffer");
 
 static void server_cache_save(const br_ssl_session_cache_class **ctx, br_ssl_server_context *sc,
                               const br_ssl_session_parameters *params)
@@ -129,8 +176,9 @@ static int server_cache_load(const br_ssl_session_cache_class **ctx, br_ssl_serv
     struct server_cache *cache = (struct server_cache *)(void *)ctx;
     int found = cache->lru.vtable->load(&cache->lru.vtable, sc, params);
     if (found) {
-        /* sc is the first member of the connection's union */
-        tls_conn *c = (tls_conn *)(void *)((char *)sc - offsetof(tls_conn, u.sc));
+        struct server_block *b =
+            (struct server_block *)(void *)((char *)sc - offsetof(struct server_block, sc));
+        tls_conn *c = &b->conn;
         memcpy(c->offered_id, params->session_id, params->session_id_len);
         c->offered_len = params->session_id_len;
     }
@@ -255,35 +303,66 @@ tls_san_check tls_cert_san_has_ip(const unsigned char *der, size_t len, const un
     return result;
 }
 
-/* The x509 class around the minimal engine (see struct ip_verifier). */
+/* The x509 class in front of the minimal engine (see struct verifier). */
 
-static struct ip_verifier *verifier_of(const br_x509_class **ctx)
+static struct verifier *verifier_of(const br_x509_class **ctx)
 {
-    return (struct ip_verifier *)(void *)ctx;
+    return (struct verifier *)(void *)ctx;
 }
 
-static void ee_drop(struct ip_verifier *v)
+static void ee_drop(struct verifier *v)
 {
     free(v->ee);
     v->ee = NULL;
     v->ee_len = v->ee_cap = 0;
 }
 
-static void iv_start_chain(const br_x509_class **ctx, const char *server_name)
+/* What br_ssl_client_init_full gives its minimal engine, with the
+ * connection's own hash and signature code. */
+static br_x509_minimal_context *minimal_new(const struct verifier *v)
 {
-    (void)server_name; /* the engine has none to give for an address */
-    struct ip_verifier *v = verifier_of(ctx);
+    br_x509_minimal_context *xc = malloc(sizeof *xc);
+    if (xc == NULL)
+        return NULL;
+    br_x509_minimal_init(xc, &br_sha256_vtable, v->trust ? v->trust->tas : NULL,
+                         v->trust ? v->trust->count : 0);
+    br_x509_minimal_set_rsa(xc, br_ssl_engine_get_rsavrfy(v->eng));
+    br_x509_minimal_set_ecdsa(xc, br_ssl_engine_get_ec(v->eng), br_ssl_engine_get_ecdsa(v->eng));
+    for (int id = br_md5_ID; id <= br_sha512_ID; id++)
+        br_x509_minimal_set_hash(xc, id, br_ssl_engine_get_hash(v->eng, id));
+    return xc;
+}
+
+/* Once the handshake is over nothing asks for the chain again
+ * (renegotiation is off): what checked it goes. */
+static void verifier_release(struct verifier *v)
+{
+    ee_drop(v);
+    free(v->inner);
+    v->inner = NULL;
+}
+
+static void vf_start_chain(const br_x509_class **ctx, const char *server_name)
+{
+    /* server_name is the SNI name, NULL for an address (checked below) */
+    struct verifier *v = verifier_of(ctx);
     ee_drop(v);
     v->certs_started = 0;
     v->ee_lost = false;
     v->outcome = IP_PENDING;
-    v->inner->vtable->start_chain(&v->inner->vtable, NULL);
+    if (v->inner == NULL)
+        v->inner = minimal_new(v);
+    v->no_memory = v->inner == NULL;
+    if (v->inner != NULL)
+        v->inner->vtable->start_chain(&v->inner->vtable, server_name);
 }
 
-static void iv_start_cert(const br_x509_class **ctx, uint32_t length)
+static void vf_start_cert(const br_x509_class **ctx, uint32_t length)
 {
-    struct ip_verifier *v = verifier_of(ctx);
-    if (v->certs_started++ == 0) {
+    struct verifier *v = verifier_of(ctx);
+    if (v->inner == NULL)
+        return;
+    if (v->ip_len > 0 && v->certs_started++ == 0) {
         /* Only the end-entity certificate names the server; one
          * allocation per full handshake, sized by the peer's own count. */
         if (length > 0 && length <= IP_CERT_MAX)
@@ -296,9 +375,11 @@ static void iv_start_cert(const br_x509_class **ctx, uint32_t length)
     v->inner->vtable->start_cert(&v->inner->vtable, length);
 }
 
-static void iv_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
+static void vf_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
 {
-    struct ip_verifier *v = verifier_of(ctx);
+    struct verifier *v = verifier_of(ctx);
+    if (v->inner == NULL)
+        return;
     if (v->certs_started == 1 && v->ee != NULL) {
         if (len > v->ee_cap - v->ee_len) {
             v->ee_lost = true; /* more bytes than announced: the engine fails it too */
@@ -311,17 +392,20 @@ static void iv_append(const br_x509_class **ctx, const unsigned char *buf, size_
     v->inner->vtable->append(&v->inner->vtable, buf, len);
 }
 
-static void iv_end_cert(const br_x509_class **ctx)
+static void vf_end_cert(const br_x509_class **ctx)
 {
-    struct ip_verifier *v = verifier_of(ctx);
-    v->inner->vtable->end_cert(&v->inner->vtable);
+    struct verifier *v = verifier_of(ctx);
+    if (v->inner != NULL)
+        v->inner->vtable->end_cert(&v->inner->vtable);
 }
 
-static unsigned iv_end_chain(const br_x509_class **ctx)
+static unsigned vf_end_chain(const br_x509_class **ctx)
 {
-    struct ip_verifier *v = verifier_of(ctx);
+    struct verifier *v = verifier_of(ctx);
+    if (v->inner == NULL)
+        return BR_ERR_X509_LIMIT_EXCEEDED; /* no_memory tells the reason */
     unsigned err = v->inner->vtable->end_chain(&v->inner->vtable);
-    if (err == BR_ERR_OK) {
+    if (err == BR_ERR_OK && v->ip_len > 0) {
         /* The chain is trusted; now whether it speaks for this address. */
         if (v->ee_lost || v->ee == NULL)
             v->outcome = IP_TOO_LARGE;
@@ -336,15 +420,17 @@ static unsigned iv_end_chain(const br_x509_class **ctx)
     return err;
 }
 
-static const br_x509_pkey *iv_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
+static const br_x509_pkey *vf_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
 {
-    const struct ip_verifier *v = (const struct ip_verifier *)(const void *)ctx;
+    const struct verifier *v = (const struct verifier *)(const void *)ctx;
+    if (v->inner == NULL)
+        return NULL;
     return v->inner->vtable->get_pkey(&v->inner->vtable, usages);
 }
 
-static const br_x509_class ip_verifier_class = {
-    sizeof(struct ip_verifier), iv_start_chain, iv_start_cert, iv_append,
-    iv_end_cert,                iv_end_chain,   iv_get_pkey,
+static const br_x509_class verifier_class = {
+    sizeof(struct verifier), vf_start_chain, vf_start_cert, vf_append,
+    vf_end_cert,             vf_end_chain,   vf_get_pkey,
 };
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -466,9 +552,13 @@ static bool peer_wants_newer_tls(const tls_conn *c, int e)
     return e == BR_ERR_UNSUPPORTED_VERSION && server_hello_version(c) > BR_TLS12;
 }
 
-/* Keeps the first bytes the server sends, as they go into the engine. */
-static void note_server_hello(tls_conn *c, const unsigned char *p, size_t n)
+/* Notes bytes going into the engine at p (inside ibuf): how far the
+ * input has reached, and the first bytes the server sends. */
+static void note_input(tls_conn *c, const unsigned char *p, size_t n)
 {
+    size_t end = (size_t)(p - c->ibuf) + n;
+    if (end > c->in_touched)
+        c->in_touched = end;
     if (!c->is_client || c->hello_seen >= sizeof c->hello_head)
         return;
     size_t room = sizeof c->hello_head - c->hello_seen;
@@ -479,7 +569,7 @@ static void note_server_hello(tls_conn *c, const unsigned char *p, size_t n)
 
 static const char *address_failure(const tls_conn *c)
 {
-    switch (c->u.cli.iv.outcome) {
+    switch (c->vf.outcome) {
     case IP_MALFORMED: return "certificate has a malformed subjectAltName extension";
     case IP_TOO_LARGE: return "certificate too large to check its addresses";
     default: return NULL;
@@ -491,9 +581,11 @@ static void describe_engine_error(tls_conn *c, int e)
 {
     const char *stage = c->hs_done ? "TLS connection failed" : "TLS handshake failed";
     const char *txt;
-    bool by_address = c->is_client && c->u.cli.iv.ip_len > 0;
+    bool by_address = c->is_client && c->vf.ip_len > 0;
     if (peer_wants_newer_tls(c, e))
         snprintf(c->err, sizeof c->err, "%s", tls13_only);
+    else if (c->is_client && c->vf.no_memory)
+        snprintf(c->err, sizeof c->err, "out of memory verifying the certificate");
     else if (e == BR_ERR_X509_EXPIRED)
         snprintf(c->err, sizeof c->err, "certificate has expired or is not yet valid");
     else if (e == BR_ERR_X509_BAD_SERVER_NAME && by_address && address_failure(c) != NULL)
@@ -559,6 +651,21 @@ static void fail_eof_in_handshake(tls_conn *c)
     fail_with(c, ECONNRESET, "connection closed by peer during TLS handshake");
 }
 
+/* Gives back the pages of a client's ibuf that records reached past the
+ * ones it shares with the rest of the connection, when the engine holds
+ * no input: it then writes the next record at ibuf[0] again, and a page
+ * given back reads as zeros when touched next. */
+static void trim_input(tls_conn *c)
+{
+    if (c->map == NULL || c->in_touched <= c->trim_from - CLIENT_IBUF_AT)
+        return;
+    size_t len;
+    if (br_ssl_engine_recvrec_buf(c->eng, &len) != c->ibuf)
+        return; /* part of a record is in, or the engine is closed */
+    if (madvise(c->map + c->trim_from, c->map_len - c->trim_from, MADV_DONTNEED) == 0)
+        c->in_touched = c->trim_from - CLIENT_IBUF_AT;
+}
+
 /* Marks the handshake done the first time the engine lets application data
  * through, and settles resumption and the session cache at that point. */
 static void note_handshake(tls_conn *c)
@@ -589,6 +696,8 @@ static void note_handshake(tls_conn *c)
         }
     }
     explicit_bzero(&sp, sizeof sp);
+    verifier_release(&c->vf);
+    trim_input(c); /* a server's certificates may have spread over several pages */
 }
 
 /* Moves records between the engine and the socket until neither direction
@@ -627,7 +736,7 @@ static ssize_t pump(tls_conn *c, int fd, bool may_read)
                 size_t n = c->rlen - c->rpos < len ? c->rlen - c->rpos : len;
                 memcpy(p, c->rbuf + c->rpos, n);
                 c->rpos += n;
-                note_server_hello(c, p, n);
+                note_input(c, p, n);
                 br_ssl_engine_recvrec_ack(c->eng, n);
                 moved += n;
                 progress = true;
@@ -635,11 +744,11 @@ static ssize_t pump(tls_conn *c, int fd, bool may_read)
                 /* The engine asks for one record header or body at a time;
                  * small ones go through rbuf so that a burst of small SSE
                  * records costs one read(), large bodies land directly. */
-                bool direct = len >= sizeof c->rbuf;
-                ssize_t n = sock_recv(fd, direct ? p : c->rbuf, direct ? len : sizeof c->rbuf);
+                bool direct = len >= c->rbuf_len;
+                ssize_t n = sock_recv(fd, direct ? p : c->rbuf, direct ? len : c->rbuf_len);
                 if (n > 0) {
                     if (direct) {
-                        note_server_hello(c, p, (size_t)n);
+                        note_input(c, p, (size_t)n);
                         br_ssl_engine_recvrec_ack(c->eng, (size_t)n);
                     } else {
                         c->rpos = 0;
@@ -1014,22 +1123,62 @@ bool tls_session_cache_ready(const tls_session_cache *c)
 
 /* ---- connections ------------------------------------------------------- */
 
+/* Maps a client's block and buffers (see struct client_block) with nothing
+ * touched beyond what BearSSL's set-up writes. */
+static tls_conn *client_map(void)
+{
+    void *m = mmap(NULL, CLIENT_MAP_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return NULL;
+    struct client_block *b = m;
+    tls_conn *c = &b->conn; /* fresh anonymous pages read as zeros */
+    c->map = m;
+    c->map_len = CLIENT_MAP_LEN;
+    c->rbuf = c->map + CLIENT_HEAD_LEN;
+    c->rbuf_len = CLIENT_RBUF_LEN;
+    c->ibuf = c->map + CLIENT_IBUF_AT;
+    long page = sysconf(_SC_PAGESIZE);
+    size_t pg = page > 0 ? (size_t)page : LAYOUT_PAGE;
+    /* Past the page holding ibuf's first byte; with larger pages there may
+     * be nothing to give back. */
+    c->trim_from = ((size_t)CLIENT_IBUF_AT / pg + 1) * pg;
+    if (c->trim_from > c->map_len)
+        c->trim_from = c->map_len;
+    c->eng = &b->cc.eng;
+    c->is_client = true;
+    return c;
+}
+
 tls_conn *tls_client_new(const tls_trust *trust, const char *server_name,
                          tls_session_cache *cache)
 {
-    tls_conn *c = calloc(1, sizeof *c);
+    tls_conn *c = client_map();
     if (c == NULL)
         return NULL;
-    c->is_client = true;
-    c->eng = &c->u.cli.cc.eng;
+    struct client_block *b = (struct client_block *)(void *)c;
     c->cache = cache;
     if (server_name == NULL)
         server_name = "";
     snprintf(c->server_name, sizeof c->server_name, "%s", server_name);
 
-    br_ssl_client_init_full(&c->u.cli.cc, &c->u.cli.xc, trust ? trust->tas : NULL,
-                            trust ? trust->count : 0);
-    br_ssl_engine_set_buffer(c->eng, c->iobuf, sizeof c->iobuf, 1);
+    {
+        /* init_full configures this minimal engine and links it; ours
+         * takes its place and makes its own when a chain comes. */
+        br_x509_minimal_context scratch;
+        br_ssl_client_init_full(&b->cc, &scratch, NULL, 0);
+    }
+    struct verifier *vf = &c->vf;
+    vf->vtable = &verifier_class;
+    vf->eng = c->eng;
+    vf->trust = trust;
+    br_ssl_engine_set_x509(c->eng, &vf->vtable);
+    br_ssl_engine_set_buffers_bidi(c->eng, c->ibuf, BR_SSL_BUFSIZE_INPUT,
+                                   c->map + CLIENT_IBUF_AT - CLIENT_OBUF_LEN, CLIENT_OBUF_LEN);
+    /* BearSSL would ask the server for records that fit the small output
+     * buffer (the max_fragment_length extension); many servers ignore it
+     * and some take it badly, so the input buffer takes full records and
+     * the request says nothing. Outgoing records stay small regardless. */
+    c->eng->log_max_frag_len = 14;
     br_ssl_engine_add_flags(c->eng, BR_OPT_NO_RENEGOTIATION);
     /* The caller needs the name checked: BearSSL skips the check when it
      * gets no name, so refuse that rather than connect unverified. */
@@ -1041,19 +1190,12 @@ tls_conn *tls_client_new(const tls_trust *trust, const char *server_name,
         fail_with(c, EINVAL, "server name too long for TLS");
         return c;
     }
-    struct ip_verifier *iv = &c->u.cli.iv;
-    if (inet_pton(AF_INET, server_name, iv->ip) == 1)
-        iv->ip_len = 4;
-    else if (inet_pton(AF_INET6, server_name, iv->ip) == 1)
-        iv->ip_len = 16;
-    const char *sni = server_name;
-    if (iv->ip_len > 0) {
-        /* No SNI for an address; the wrapper checks it instead. */
-        iv->vtable = &ip_verifier_class;
-        iv->inner = &c->u.cli.xc;
-        br_ssl_engine_set_x509(c->eng, &iv->vtable);
-        sni = NULL;
-    }
+    if (inet_pton(AF_INET, server_name, vf->ip) == 1)
+        vf->ip_len = 4;
+    else if (inet_pton(AF_INET6, server_name, vf->ip) == 1)
+        vf->ip_len = 16;
+    /* No SNI for an address; the verifier checks it instead. */
+    const char *sni = vf->ip_len > 0 ? NULL : server_name;
     int resume = 0;
     if (cache != NULL && cache->valid) {
         br_ssl_engine_set_session_parameters(c->eng, &cache->params);
@@ -1061,26 +1203,30 @@ tls_conn *tls_client_new(const tls_trust *trust, const char *server_name,
         memcpy(c->offered_id, cache->params.session_id, c->offered_len);
         resume = 1;
     }
-    if (!br_ssl_client_reset(&c->u.cli.cc, sni, resume))
+    if (!br_ssl_client_reset(&b->cc, sni, resume))
         fail_engine(c, br_ssl_engine_last_error(c->eng));
     return c;
 }
 
 tls_conn *tls_server_new(const tls_server_cred *cred)
 {
-    tls_conn *c = calloc(1, sizeof *c);
-    if (c == NULL)
+    struct server_block *b = calloc(1, sizeof *b);
+    if (b == NULL)
         return NULL;
-    c->eng = &c->u.sc.eng;
+    tls_conn *c = &b->conn;
+    c->eng = &b->sc.eng;
+    c->rbuf = b->rbuf;
+    c->rbuf_len = sizeof b->rbuf;
     if (cred->key_type == BR_KEYTYPE_EC)
-        br_ssl_server_init_full_ec(&c->u.sc, cred->chain, cred->chain_len,
+        br_ssl_server_init_full_ec(&b->sc, cred->chain, cred->chain_len,
                                    cred->issuer_key_type, &cred->ec);
     else
-        br_ssl_server_init_full_rsa(&c->u.sc, cred->chain, cred->chain_len, &cred->rsa);
-    br_ssl_engine_set_buffer(c->eng, c->iobuf, sizeof c->iobuf, 1);
+        br_ssl_server_init_full_rsa(&b->sc, cred->chain, cred->chain_len, &cred->rsa);
+    br_ssl_engine_set_buffer(c->eng, b->iobuf, sizeof b->iobuf, 1);
+    c->ibuf = c->eng->ibuf;
     br_ssl_engine_add_flags(c->eng, BR_OPT_NO_RENEGOTIATION);
-    br_ssl_server_set_cache(&c->u.sc, &cred->cache->vtable);
-    if (!br_ssl_server_reset(&c->u.sc))
+    br_ssl_server_set_cache(&b->sc, &cred->cache->vtable);
+    if (!br_ssl_server_reset(&b->sc))
         fail_engine(c, br_ssl_engine_last_error(c->eng));
     return c;
 }
@@ -1089,11 +1235,36 @@ void tls_free(tls_conn *c)
 {
     if (c == NULL)
         return;
-    if (c->is_client)
-        ee_drop(&c->u.cli.iv); /* a handshake cut off inside the certificate */
-    /* The engine holds session keys and plaintext. */
-    explicit_bzero(c, sizeof *c);
-    free(c);
+    if (c->is_client) {
+        verifier_release(&c->vf); /* a handshake cut off midway */
+        /* The pages go, and with them keys and plaintext. */
+        munmap(c->map, c->map_len);
+        return;
+    }
+    struct server_block *b = (struct server_block *)(void *)c;
+    explicit_bzero(b, sizeof *b); /* the engine holds session keys and plaintext */
+    free(b);
+}
+
+void tls_idle(tls_conn *c)
+{
+    trim_input(c);
+}
+
+size_t tls_footprint(const tls_conn *c)
+{
+    if (c->map == NULL)
+        return sizeof(struct server_block);
+    long page = sysconf(_SC_PAGESIZE);
+    unsigned char vec[(CLIENT_MAP_LEN + 1023) / 1024]; /* pages of 1 KiB or more */
+    size_t pg = page > 0 ? (size_t)page : LAYOUT_PAGE;
+    size_t pages = (c->map_len + pg - 1) / pg;
+    if (pages > sizeof vec || mincore(c->map, c->map_len, vec) != 0)
+        return c->map_len; /* cannot tell: all of it */
+    size_t resident = 0;
+    for (size_t i = 0; i < pages; i++)
+        resident += (vec[i] & 1) ? pg : 0;
+    return resident;
 }
 
 ssize_t tls_read(tls_conn *c, int fd, void *buf, size_t cap)

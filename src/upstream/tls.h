@@ -85,6 +85,16 @@ typedef enum tls_san_check {
 tls_san_check tls_cert_san_has_ip(const unsigned char *der, size_t len, const unsigned char *ip,
                                   size_t ip_len);
 
+/* The connection waits unused (in a keep-alive pool): gives back the
+ * memory that large records left touched, when the engine holds no input.
+ * Harmless to call at any time. */
+void tls_idle(tls_conn *c);
+
+/* Bytes of the connection's own memory held in RAM now: on a client, the
+ * touched pages of its mapping that were not given back; on a server, its
+ * whole allocation. For tests and diagnostics. */
+size_t tls_footprint(const tls_conn *c);
+
 /* Sends close_notify if possible, without waiting. */
 void tls_close(tls_conn *c, int fd);
 

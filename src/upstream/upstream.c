@@ -284,6 +284,8 @@ void upstream_release(upstream_conn *c, bool reusable)
         return;
     }
     c->state = CONN_IDLE;
+    if (c->tls) /* large records of the answer need not stay resident while it waits */
+        tls_idle(c->tls);
     c->ev = NULL;
     c->ctx = NULL;
     c->io.fn = on_idle_event;

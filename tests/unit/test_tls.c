@@ -618,6 +618,114 @@ TEST(tls_session_resumption)
     tls_trust_free(trust);
 }
 
+/* A client's buffers are small where that is safe: requests bigger than
+ * its output records go out as many records, the server's full-size
+ * records still come in, and the pages those touched go back when the
+ * connection waits idle. Many exchanges on one connection with a cached
+ * session, as a pooled upstream connection sees them. */
+TEST(tls_client_small_buffers_pooled)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_trust *trust = tls_trust_load(fx("ca.pem"), &why);
+    tls_server_cred *cred = tls_server_cred_load(fx("chain.pem"), fx("leaf.key"), &why);
+    tls_session_cache *cache = tls_session_cache_new();
+    CHECK(trust && cred && cache);
+    if (!trust || !cred || !cache)
+        goto out;
+    /* The footprint figures hold for 4 KiB pages (two pages at rest). */
+    const bool small_pages = sysconf(_SC_PAGESIZE) == 4096;
+    const size_t rest = 2 * 4096;
+    for (int conn = 0; conn < 2; conn++) { /* a full handshake, then a resumed one */
+        pair p;
+        CHECK(pair_open(&p, tls_client_new(trust, "localhost", cache), tls_server_new(cred)));
+        static const size_t up[] = { 40, 1024, 1025, 5000, 70000, 300 };
+        static const size_t down[] = { 200, 40000, 16384, 300, 100000, 16385 };
+        const size_t kinds = sizeof up / sizeof up[0];
+        for (unsigned round = 0; round < 30; round++) {
+            size_t a_len = up[round % kinds], b_len = down[(round / kinds + round) % kinds];
+            unsigned char *a = pattern(a_len, round), *b = pattern(b_len, round + 100);
+            p.cli.out = a;
+            p.cli.out_len = a_len;
+            p.srv.out = b;
+            p.srv.out_len = b_len;
+            p.cli.out_off = p.srv.out_off = p.cli.in_len = p.srv.in_len = 0;
+            CHECK(run(&p.cli, &p.srv, exchanged));
+            CHECK(!p.cli.err && !p.srv.err);
+            CHECK(p.srv.in_len == a_len && memcmp(p.srv.in, a, a_len) == 0);
+            CHECK(p.cli.in_len == b_len && memcmp(p.cli.in, b, b_len) == 0);
+            if (small_pages && round == 0) /* the handshake's records were given back */
+                CHECK(tls_footprint(p.cli.c) <= rest);
+            if (small_pages && b_len > 4096) /* records of up to 16 KiB came in */
+                CHECK(tls_footprint(p.cli.c) > rest);
+            tls_idle(p.cli.c);
+            if (small_pages)
+                CHECK(tls_footprint(p.cli.c) <= rest);
+            free(a);
+            free(b);
+            if (p.cli.err || p.srv.err)
+                break;
+        }
+        CHECK(tls_resumed(p.cli.c) == (conn == 1));
+        tls_close(p.cli.c, p.cli.fd);
+        CHECK(run(&p.cli, &p.srv, both_eof));
+        CHECK(!p.cli.err && !p.srv.err);
+        pair_close(&p);
+    }
+out:
+    tls_session_cache_free(cache);
+    tls_server_cred_free(cred);
+    tls_trust_free(trust);
+}
+
+/* tls_idle with input still in the engine keeps it: the rest of the
+ * record is read afterwards, whole. */
+TEST(tls_idle_keeps_pending_input)
+{
+    CHECK(fixture());
+    if (fx_state < 0)
+        return;
+    const char *why = NULL;
+    tls_trust *trust = tls_trust_load(fx("ca.pem"), &why);
+    tls_server_cred *cred = tls_server_cred_load(fx("chain.pem"), fx("leaf.key"), &why);
+    CHECK(trust && cred);
+    if (trust && cred) {
+        pair p;
+        CHECK(pair_open(&p, tls_client_new(trust, "localhost", NULL), tls_server_new(cred)));
+        CHECK(run(&p.cli, &p.srv, both_handshaken));
+        const size_t len = 16384;
+        unsigned char *b = pattern(len, 9);
+        /* One full record from the server, read by the client a little at
+         * a time, with an idle call after each piece. */
+        p.srv.out = b;
+        p.srv.out_len = len;
+        long deadline = now_ms() + 5000;
+        while (p.srv.out_off < len && now_ms() < deadline)
+            side_step(&p.srv);
+        CHECK_EQ_SIZE(p.srv.out_off, len);
+        unsigned char *got = malloc(len);
+        size_t have = 0;
+        while (have < len && now_ms() < deadline) {
+            ssize_t n = tls_read(p.cli.c, p.cli.fd, got + have, len - have < 100 ? len - have : 100);
+            if (n > 0)
+                have += (size_t)n;
+            else if (n < 0 && errno == EAGAIN)
+                side_step(&p.srv);
+            else
+                break;
+            tls_idle(p.cli.c);
+        }
+        CHECK(have == len && memcmp(got, b, len) == 0);
+        free(got);
+        free(b);
+        pair_close(&p);
+    }
+    tls_server_cred_free(cred);
+    tls_trust_free(trust);
+}
+
 TEST(tls_eof_semantics)
 {
     CHECK(fixture());
