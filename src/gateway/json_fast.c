@@ -7,6 +7,10 @@
 
 #include <string.h>
 
+#define JSMN_STATIC
+#define JSMN_STRICT
+#include <jsmn.h>
+
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
@@ -29,6 +33,11 @@ enum { SHAPE_MAX_SLOTS = 24, SHAPE_MAX_BYTES = 1024 };
 typedef struct fast {
     const char *p, *end;
     int tokens;
+    /* json_inspect_chunk_final: a top-level usage object and a choice's
+     * finish_reason are taken (each such object then read through jsmn)
+     * instead of refused. */
+    bool final;
+    bool choices_empty; /* the last top-level "choices" array had no element */
     /* The string and number values met, for the shape cache; a "type"
      * value is not one (its bytes decide has_content, so they stay). */
     size_t slots;
@@ -37,7 +46,7 @@ typedef struct fast {
     bool slot_number[SHAPE_MAX_SLOTS];
 } fast;
 
-typedef enum fast_kind { KIND_OTHER, KIND_STRING, KIND_NULL, KIND_ARRAY } fast_kind;
+typedef enum fast_kind { KIND_OTHER, KIND_STRING, KIND_NULL, KIND_ARRAY, KIND_OBJECT } fast_kind;
 
 /* What a parsed value was, as far as the chunk's fields care. */
 typedef struct fast_value {
@@ -48,7 +57,12 @@ typedef struct fast_value {
 } fast_value;
 
 /* The keys the fast path cares about, told apart once per key. */
-typedef enum fast_key { KEY_OTHER, KEY_CHOICES, KEY_DELTA, KEY_CONTENT, KEY_TEXT, KEY_TYPE, KEY_RESPONSE, KEY_FINAL } fast_key;
+typedef enum fast_key {
+    KEY_OTHER, KEY_CHOICES, KEY_DELTA, KEY_CONTENT, KEY_TEXT, KEY_TYPE, KEY_RESPONSE,
+    KEY_USAGE, KEY_ERROR, KEY_FINISH /* the final keys: see is_final_key */
+} fast_key;
+
+static bool is_final_key(fast_key k) { return k >= KEY_USAGE; }
 
 #define KEY_IS(k, lit) ((k).len == sizeof(lit) - 1 && memcmp((k).ptr, (lit), sizeof(lit) - 1) == 0)
 
@@ -58,13 +72,13 @@ static fast_key classify_key(slice k)
     case 4:
         return KEY_IS(k, "type") ? KEY_TYPE : KEY_IS(k, "text") ? KEY_TEXT : KEY_OTHER;
     case 5:
-        return KEY_IS(k, "delta") ? KEY_DELTA : KEY_IS(k, "usage") || KEY_IS(k, "error") ? KEY_FINAL : KEY_OTHER;
+        return KEY_IS(k, "delta") ? KEY_DELTA : KEY_IS(k, "usage") ? KEY_USAGE : KEY_IS(k, "error") ? KEY_ERROR : KEY_OTHER;
     case 7:
         return KEY_IS(k, "choices") ? KEY_CHOICES : KEY_IS(k, "content") ? KEY_CONTENT : KEY_OTHER;
     case 8:
         return KEY_IS(k, "response") ? KEY_RESPONSE : KEY_OTHER;
     case 13:
-        return KEY_IS(k, "finish_reason") ? KEY_FINAL : KEY_OTHER;
+        return KEY_IS(k, "finish_reason") ? KEY_FINISH : KEY_OTHER;
     default:
         return KEY_OTHER;
     }
@@ -176,17 +190,104 @@ static bool fast_number(fast *f)
 
 static bool fast_value_at(fast *f, int depth, fast_role role, fast_value *v);
 
+/* The objects json_inspect_chunk_final reads go through jsmn, as the full
+ * path reads them, but each alone and into a small array: the one-pass
+ * reader has checked the rest of the chunk. */
+enum { FINAL_TOKENS = 48 };
+
+/* Tokenises one object the reader has found valid; 0 when it needs more
+ * tokens than FINAL_TOKENS (the full path's business then). */
+static int final_tokenise(const char *s, size_t len, jsmntok_t *t)
+{
+    jsmn_parser p;
+    jsmn_init(&p);
+    int n = jsmn_parse(&p, s, len, t, FINAL_TOKENS);
+    return n >= 1 && t[0].type == JSMN_OBJECT && (size_t)t[0].end == len ? n : 0;
+}
+
+/* Index of the token after the subtree rooted at i. */
+static int tok_skip(const jsmntok_t *t, int n, int i)
+{
+    int pending = 1;
+    for (; pending > 0 && i < n; i++) {
+        if (t[i].type == JSMN_OBJECT)
+            pending += 2 * t[i].size;
+        else if (t[i].type == JSMN_ARRAY)
+            pending += t[i].size;
+        pending--;
+    }
+    return i;
+}
+
+static slice tok_text(const char *s, const jsmntok_t *t) { return (slice){s + t->start, (size_t)(t->end - t->start)}; }
+
+/* The value of the first `key` member of the object at token obj, or -1. */
+static int tok_member(const char *s, const jsmntok_t *t, int n, int obj, slice key)
+{
+    if (t[obj].type != JSMN_OBJECT)
+        return -1;
+    for (int j = obj + 1, k = 0; k < t[obj].size && j + 1 < n; k++) {
+        if (slice_eq(tok_text(s, &t[j]), key))
+            return j + 1;
+        j = tok_skip(t, n, j + 1);
+    }
+    return -1;
+}
+
+static uint64_t tok_u64(const char *s, const jsmntok_t *t)
+{
+    uint64_t v = 0;
+    for (int i = t->start; i < t->end && is_digit(s[i]); i++)
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    return v;
+}
+
+/* A usage object (s[0..len) its braces), as the full path's read_usage. */
+static bool final_usage(const char *s, size_t len, json_chunk_info *out)
+{
+    jsmntok_t t[FINAL_TOKENS];
+    int n = final_tokenise(s, len, t);
+    if (!n)
+        return false;
+    out->has_usage = true;
+    for (int j = 1; j + 1 < n; j = tok_skip(t, n, j + 1)) {
+        slice key = tok_text(s, &t[j]);
+        if (slice_eq(key, SLICE_LIT("prompt_tokens")) || slice_eq(key, SLICE_LIT("input_tokens")))
+            out->prompt_tokens = tok_u64(s, &t[j + 1]);
+        else if (slice_eq(key, SLICE_LIT("completion_tokens")) || slice_eq(key, SLICE_LIT("output_tokens")))
+            out->completion_tokens = tok_u64(s, &t[j + 1]);
+    }
+    return true;
+}
+
+/* A choice that carries a finish_reason: its text as choices_content takes
+ * it from one element (the delta's content, else the text). */
+static bool final_choice(const char *s, size_t len, slice *content)
+{
+    jsmntok_t t[FINAL_TOKENS];
+    int n = final_tokenise(s, len, t);
+    if (!n)
+        return false;
+    int delta = tok_member(s, t, n, 0, SLICE_LIT("delta"));
+    int text = delta >= 0 ? tok_member(s, t, n, delta, SLICE_LIT("content")) : tok_member(s, t, n, 0, SLICE_LIT("text"));
+    bool some = text >= 0 && t[text].type == JSMN_STRING && t[text].end > t[text].start;
+    *content = some ? tok_text(s, &t[text]) : (slice){NULL, 0};
+    return true;
+}
+
 /* The members of an object (f->p at its brace), with what the full path
  * reads from them for the object's role. */
 static bool fast_object(fast *f, int depth, fast_role role, fast_value *v, json_chunk_info *out)
 {
+    const char *open = f->p;
+    v->kind = KIND_OBJECT;
     f->p++;
     fast_space(f);
     if (f->p < f->end && *f->p == '}') {
         f->p++;
         return true;
     }
-    bool delta_seen = false, text_seen = false, content_seen = false;
+    bool delta_seen = false, text_seen = false, content_seen = false, finish_seen = false;
     slice text = {NULL, 0};
     for (;;) {
         slice key;
@@ -203,16 +304,28 @@ static bool fast_object(fast *f, int depth, fast_role role, fast_value *v, json_
             inner = ROLE_CHOICES;
         else if (role == ROLE_CHOICE && !delta_seen && kind == KEY_DELTA)
             inner = ROLE_DELTA;
+        fast_space(f);
+        const char *value_at = f->p;
         fast_value val;
         if (!fast_value_at(f, depth + 1, inner, &val))
             return false;
-        if (val.kind != KIND_NULL && kind == KEY_FINAL)
-            return false; /* the full path's business */
+        if (val.kind != KIND_NULL && is_final_key(kind)) {
+            /* the full path's business, but for what the final mode reads */
+            if (!f->final)
+                return false;
+            if (kind == KEY_FINISH && role == ROLE_CHOICE)
+                finish_seen = true;
+            else if (kind != KEY_USAGE || role != ROLE_TOP)
+                return false;
+            else if (val.kind == KIND_OBJECT && !final_usage(value_at, (size_t)(f->p - value_at), out))
+                return false;
+        }
         if (role == ROLE_TOP) {
             /* as json_inspect_chunk_full reads the top level, in order */
             if (kind == KEY_RESPONSE)
                 return false;
             if (inner == ROLE_CHOICES && val.kind == KIND_ARRAY) {
+                f->choices_empty = val.elements == 0;
                 out->content = val.content;
                 out->has_content |= val.content.len > 0;
             } else if (kind == KEY_TYPE && val.kind == KIND_STRING) {
@@ -245,6 +358,8 @@ static bool fast_object(fast *f, int depth, fast_role role, fast_value *v, json_
         f->p++;
         if (role == ROLE_CHOICE && !delta_seen)
             v->content = text;
+        if (finish_seen)
+            return final_choice(open, (size_t)(f->p - open), &v->content);
         return true;
     }
 }
@@ -515,3 +630,22 @@ bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
     return true;
 }
 
+
+bool json_inspect_chunk_final(const char *data, size_t len, json_chunk_info *out)
+{
+    *out = (json_chunk_info){0};
+    fast f = {.p = data, .end = data + len, .final = true};
+    fast_space(&f);
+    if (f.p >= f.end || *f.p != '{')
+        return false;
+    f.tokens = 1;
+    fast_value top = {0};
+    bool ok = fast_object(&f, 0, ROLE_TOP, &top, out);
+    fast_space(&f);
+    if (!ok || f.p != f.end) {
+        *out = (json_chunk_info){0};
+        return false;
+    }
+    out->usage_only = out->has_usage && f.choices_empty;
+    return true;
+}
