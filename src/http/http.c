@@ -793,11 +793,43 @@ static http_chunked_state chunk_step(http_chunked *d, unsigned char c)
     return CHUNK_INVALID;
 }
 
+/* The usual chunk line whole in src[i..len): the CRLF ending the data
+ * before it (in CHUNK_DATA_CR), hex digits, CRLF. Taken in one go; returns
+ * the index after it, or 0 for anything else (extensions, the last chunk,
+ * a line cut by the read), which the byte-wise machine takes instead, as
+ * if this had not looked. */
+static size_t chunk_line_fast(http_chunked *d, const char *src, size_t i, size_t len)
+{
+    if (d->state == CHUNK_DATA_CR) {
+        if (len - i < 2 || src[i] != '\r' || src[i + 1] != '\n')
+            return 0;
+        i += 2;
+    }
+    uint64_t size = 0;
+    size_t digits = 0;
+    int v;
+    for (; i < len && digits <= CHUNK_SIZE_DIGITS_MAX && (v = hex_value(src[i])) >= 0; i++, digits++)
+        size = size * 16 + (uint64_t)v;
+    if (digits == 0 || digits > CHUNK_SIZE_DIGITS_MAX || size == 0 || len - i < 2 || src[i] != '\r' ||
+        src[i + 1] != '\n')
+        return 0;
+    d->remaining = size;
+    d->size_digits = 0;
+    d->overhead = 0;
+    d->state = CHUNK_DATA;
+    return i + 2;
+}
+
 http_chunked_result http_chunked_decode(http_chunked *d, char *dst, const char *src, size_t src_len,
                                         size_t *consumed, size_t *produced)
 {
     size_t i = 0, out = 0;
     while (i < src_len && d->state != CHUNK_DONE && d->state != CHUNK_INVALID) {
+        if (d->state == CHUNK_DATA_CR || d->state == CHUNK_SIZE_START) {
+            size_t next = chunk_line_fast(d, src, i, src_len);
+            if (next)
+                i = next;
+        }
         if (d->state == CHUNK_DATA) {
             size_t avail = src_len - i;
             size_t take = d->remaining < avail ? (size_t)d->remaining : avail;
