@@ -38,6 +38,10 @@ typedef struct fast {
      * instead of refused. */
     bool final;
     bool choices_empty; /* the last top-level "choices" array had no element */
+    /* What the final shape cache needs to know of the chunk it learns. */
+    size_t choices_keys, choices_elements, content_keys; /* content_keys: top-level "type" or "delta" */
+    size_t usage_objects, finish_choices;
+    const char *usage_at, *usage_end, *choice_at, *choice_end;
     /* The string and number values met, for the shape cache; a "type"
      * value is not one (its bytes decide has_content, so they stay). */
     size_t slots;
@@ -157,34 +161,50 @@ static bool fast_literal(fast *f, const char *lit, size_t n)
     return true;
 }
 
-static bool fast_digits(fast *f)
+static const char *digits_end(const char *p, const char *end)
 {
-    const char *start = f->p;
-    while (f->p < f->end && is_digit(*f->p))
-        f->p++;
-    return f->p > start;
+    while (p < end && is_digit(*p))
+        p++;
+    return p;
+}
+
+/* The end of the number at p, or NULL when there is none (RFC 8259). */
+static const char *number_end(const char *p, const char *end)
+{
+    if (p < end && *p == '-')
+        p++;
+    if (p < end && *p == '0') {
+        p++;
+    } else {
+        const char *q = digits_end(p, end);
+        if (q == p)
+            return NULL;
+        p = q;
+    }
+    if (p < end && *p == '.') {
+        const char *q = digits_end(++p, end);
+        if (q == p)
+            return NULL;
+        p = q;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        const char *q = digits_end(p, end);
+        if (q == p)
+            return NULL;
+        p = q;
+    }
+    return p;
 }
 
 static bool fast_number(fast *f)
 {
-    if (f->p < f->end && *f->p == '-')
-        f->p++;
-    if (f->p < f->end && *f->p == '0')
-        f->p++;
-    else if (!fast_digits(f))
+    const char *e = number_end(f->p, f->end);
+    if (!e)
         return false;
-    if (f->p < f->end && *f->p == '.') {
-        f->p++;
-        if (!fast_digits(f))
-            return false;
-    }
-    if (f->p < f->end && (*f->p == 'e' || *f->p == 'E')) {
-        f->p++;
-        if (f->p < f->end && (*f->p == '+' || *f->p == '-'))
-            f->p++;
-        if (!fast_digits(f))
-            return false;
-    }
+    f->p = e;
     return true;
 }
 
@@ -317,15 +337,23 @@ static bool fast_object(fast *f, int depth, fast_role role, fast_value *v, json_
                 finish_seen = true;
             else if (kind != KEY_USAGE || role != ROLE_TOP)
                 return false;
-            else if (val.kind == KIND_OBJECT && !final_usage(value_at, (size_t)(f->p - value_at), out))
-                return false;
+            else if (val.kind == KIND_OBJECT) {
+                if (!final_usage(value_at, (size_t)(f->p - value_at), out))
+                    return false;
+                f->usage_objects++;
+                f->usage_at = value_at;
+                f->usage_end = f->p;
+            }
         }
         if (role == ROLE_TOP) {
             /* as json_inspect_chunk_full reads the top level, in order */
             if (kind == KEY_RESPONSE)
                 return false;
+            f->choices_keys += kind == KEY_CHOICES;
+            f->content_keys += kind == KEY_TYPE || kind == KEY_DELTA;
             if (inner == ROLE_CHOICES && val.kind == KIND_ARRAY) {
                 f->choices_empty = val.elements == 0;
+                f->choices_elements = val.elements;
                 out->content = val.content;
                 out->has_content |= val.content.len > 0;
             } else if (kind == KEY_TYPE && val.kind == KIND_STRING) {
@@ -358,8 +386,12 @@ static bool fast_object(fast *f, int depth, fast_role role, fast_value *v, json_
         f->p++;
         if (role == ROLE_CHOICE && !delta_seen)
             v->content = text;
-        if (finish_seen)
+        if (finish_seen) {
+            f->finish_choices++;
+            f->choice_at = open;
+            f->choice_end = f->p;
             return final_choice(open, (size_t)(f->p - open), &v->content);
+        }
         return true;
     }
 }
@@ -455,6 +487,10 @@ typedef struct shape {
     bool number[SHAPE_MAX_SLOTS];
     size_t content_slot;                 /* == slots: the content is empty, no slot */
     bool has_content;
+    /* A final chunk's: where its usage object and its finishing choice lie
+     * (len 0: none), read through jsmn again on every match. */
+    size_t usage_at, usage_len, choice_at, choice_len;
+    bool choices_empty;
     char bytes[SHAPE_MAX_BYTES];
 } shape;
 
@@ -462,17 +498,35 @@ typedef struct shape {
 static shape shapes[2];
 static size_t newest_shape;
 
-/* How many leading bytes a and b (n each) share. */
-static size_t common_prefix(const char *a, const char *b, size_t n)
+/* How many leading bytes a and b (n each) share. Two blocks a turn, and
+ * the last block read overlapping the one before (no byte-wise tail): a
+ * chunk is compared a few times over, up to each changed value. */
+__attribute__((always_inline)) static inline size_t common_prefix(const char *a, const char *b, size_t n)
 {
     size_t i = 0;
 #ifdef __SSE2__
-    for (; i + 16 <= n; i += 16) {
-        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(a + i));
-        __m128i y = _mm_loadu_si128((const __m128i *)(const void *)(b + i));
-        unsigned differ = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) ^ 0xffffu;
-        if (differ)
-            return i + (size_t)__builtin_ctz(differ);
+    for (; i + 32 <= n; i += 32) {
+        __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)(a + i));
+        __m128i y0 = _mm_loadu_si128((const __m128i *)(const void *)(b + i));
+        __m128i x1 = _mm_loadu_si128((const __m128i *)(const void *)(a + i + 16));
+        __m128i y1 = _mm_loadu_si128((const __m128i *)(const void *)(b + i + 16));
+        unsigned same = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x0, y0)) |
+                        (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x1, y1)) << 16;
+        if (same != 0xffffffffu)
+            return i + (size_t)__builtin_ctz(~same);
+    }
+    if (n >= 16) {
+        /* at most two blocks left; the last one may start before i */
+        while (i < n) {
+            size_t at = i + 16 <= n ? i : n - 16;
+            __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(a + at));
+            __m128i y = _mm_loadu_si128((const __m128i *)(const void *)(b + at));
+            unsigned differ = ((unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) ^ 0xffffu) & (0xffffu << (i - at));
+            if (differ)
+                return at + (size_t)__builtin_ctz(differ);
+            i = at + 16;
+        }
+        return n;
     }
 #endif
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -492,21 +546,30 @@ static size_t common_prefix(const char *a, const char *b, size_t n)
 /* On a match the chunk replaces the cached one when values other than the
  * text changed (a new stream's id and time), so that the stream's later
  * chunks differ from it in the text alone. */
-static bool shape_match(shape *sh, const char *data, size_t len, json_chunk_info *out)
+/* The values a match found changed (scanned anew), in order: everything
+ * else of data is the cached chunk's bytes, moved by those values' change
+ * in length. */
+typedef struct shape_diff {
+    size_t count;
+    size_t slot[SHAPE_MAX_SLOTS], start[SHAPE_MAX_SLOTS], end[SHAPE_MAX_SLOTS];
+} shape_diff;
+
+/* Whether data is the cached chunk but for the values in its slots, each
+ * valid (an empty string staying empty, a non-empty one non-empty). Inlined
+ * in both callers: it is most of the cost of a cached chunk. */
+__attribute__((always_inline)) static inline bool shape_compare(const shape *sh, const char *data, size_t len,
+                                                                shape_diff *d)
 {
     size_t pi = 0, di = 0, slot = 0; /* offsets in the cached chunk and in data */
-    size_t start[SHAPE_MAX_SLOTS], end[SHAPE_MAX_SLOTS];
-    bool refresh = false;
+    d->count = 0;
     for (;;) {
         size_t room = sh->len - pi < len - di ? sh->len - pi : len - di;
         size_t same = common_prefix(sh->bytes + pi, data + di, room);
         pi += same;
         di += same;
         /* Values passed whole are the same bytes, so the same values. */
-        for (; slot < sh->slots && sh->end[slot] < pi; slot++) {
-            start[slot] = sh->start[slot] + di - pi;
-            end[slot] = sh->end[slot] + di - pi;
-        }
+        while (slot < sh->slots && sh->end[slot] < pi)
+            slot++;
         if (pi == sh->len && di == len)
             break; /* every value passed: the chunk ends in a brace */
         /* A difference: fine only within a value (or just after it: the
@@ -515,29 +578,71 @@ static bool shape_match(shape *sh, const char *data, size_t len, json_chunk_info
             return false;
         di -= pi - sh->start[slot];
         const char *close;
-        if (sh->number[slot]) {
-            fast f = {.p = data + di, .end = data + len};
-            close = fast_number(&f) ? f.p : NULL;
-        } else {
+        if (sh->number[slot])
+            close = number_end(data + di, data + len);
+        else
             close = string_close(data + di, data + len);
-        }
         if (!close || (close == data + di) != (sh->start[slot] == sh->end[slot]))
             return false;
-        refresh |= slot != sh->content_slot;
-        start[slot] = di;
-        end[slot] = di = (size_t)(close - data);
+        d->slot[d->count] = slot;
+        d->start[d->count] = di;
+        d->end[d->count++] = di = (size_t)(close - data);
         pi = sh->end[slot++];
     }
-    if (slot != sh->slots)
+    return slot == sh->slots;
+}
+
+/* Where offset x of the cached chunk (not inside a value) lies in data. */
+static size_t shape_moved(const shape *sh, const shape_diff *d, size_t x)
+{
+    size_t moved = x;
+    for (size_t k = 0; k < d->count && sh->end[d->slot[k]] <= x; k++)
+        moved = x + d->end[k] - sh->end[d->slot[k]];
+    return moved;
+}
+
+/* Where the value in slot s lies in data. */
+static void shape_value(const shape *sh, const shape_diff *d, size_t s, size_t *start, size_t *end)
+{
+    for (size_t k = 0; k < d->count; k++)
+        if (d->slot[k] == s) {
+            *start = d->start[k];
+            *end = d->end[k];
+            return;
+        }
+    *start = shape_moved(sh, d, sh->start[s]);
+    *end = *start + sh->end[s] - sh->start[s];
+}
+
+static bool shape_match(shape *sh, const char *data, size_t len, json_chunk_info *out)
+{
+    shape_diff d;
+    if (!shape_compare(sh, data, len, &d))
         return false;
     slice content = {NULL, 0};
-    if (sh->content_slot < sh->slots)
-        content = (slice){data + start[sh->content_slot], end[sh->content_slot] - start[sh->content_slot]};
+    if (sh->content_slot < sh->slots) {
+        size_t start, end;
+        shape_value(sh, &d, sh->content_slot, &start, &end);
+        content = (slice){data + start, end - start};
+    }
     *out = (json_chunk_info){.has_content = sh->has_content, .content = content};
+    bool refresh = d.count > 1 || (d.count == 1 && d.slot[0] != sh->content_slot);
     if (refresh && len <= SHAPE_MAX_BYTES) {
+        /* every value moved by the changes before it (wrapping arithmetic:
+         * a value may have shrunk), the changed ones where they now lie */
+        size_t shift = 0;
+        for (size_t s = 0, k = 0; s < sh->slots; s++) {
+            if (k < d.count && d.slot[k] == s) {
+                shift = d.end[k] - sh->end[s];
+                sh->start[s] = d.start[k];
+                sh->end[s] = d.end[k];
+                k++;
+            } else {
+                sh->start[s] += shift;
+                sh->end[s] += shift;
+            }
+        }
         memcpy(sh->bytes, data, len);
-        memcpy(sh->start, start, sh->slots * sizeof *start);
-        memcpy(sh->end, end, sh->slots * sizeof *end);
         sh->len = len;
     }
     return true;
@@ -631,8 +736,73 @@ bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
 }
 
 
+/* The final chunks' shape cache: a stream's finish chunk and its usage
+ * chunk, each much like the last stream's. A match vouches for the
+ * structure, as for content deltas; what is counted is read again by jsmn
+ * from the usage object and the finishing choice, found where the cached
+ * chunk had them, moved by the values before them that changed length. */
+static shape final_shapes[2];
+static size_t newest_final;
+
+static bool final_match(const shape *sh, const char *data, size_t len, json_chunk_info *out)
+{
+    shape_diff d;
+    if (!shape_compare(sh, data, len, &d))
+        return false;
+    *out = (json_chunk_info){0};
+    if (sh->usage_len) {
+        size_t at = shape_moved(sh, &d, sh->usage_at);
+        if (!final_usage(data + at, shape_moved(sh, &d, sh->usage_at + sh->usage_len) - at, out))
+            return false;
+    }
+    if (sh->choice_len) {
+        size_t at = shape_moved(sh, &d, sh->choice_at);
+        if (!final_choice(data + at, shape_moved(sh, &d, sh->choice_at + sh->choice_len) - at, &out->content))
+            return false;
+        out->has_content = out->content.len > 0;
+    }
+    out->usage_only = out->has_usage && sh->choices_empty;
+    return true;
+}
+
+/* Learns a final chunk whose reading the cache can replay: one "choices"
+ * (empty, or just the finishing choice), at most one usage object, no
+ * top-level "type" or "delta". */
+static void final_learn(shape *sh, const fast *f, const char *data, size_t len)
+{
+    sh->len = 0;
+    bool one_choice = f->finish_choices == 1 && f->choices_elements == 1;
+    bool no_choice = f->finish_choices == 0 && f->choices_elements == 0;
+    if (f->too_many_slots || len > SHAPE_MAX_BYTES || f->choices_keys != 1 || f->content_keys ||
+        f->usage_objects > 1 || !(one_choice || no_choice) || f->usage_objects + f->finish_choices == 0)
+        return;
+    for (size_t i = 0; i < f->slots; i++) {
+        sh->start[i] = (size_t)(f->slot_start[i] - data);
+        sh->end[i] = (size_t)(f->slot_end[i] - data);
+        sh->number[i] = f->slot_number[i];
+    }
+    memcpy(sh->bytes, data, len);
+    sh->slots = f->slots;
+    sh->content_slot = f->slots; /* none: every value is read again */
+    sh->has_content = false;
+    sh->usage_at = f->usage_objects ? (size_t)(f->usage_at - data) : 0;
+    sh->usage_len = f->usage_objects ? (size_t)(f->usage_end - f->usage_at) : 0;
+    sh->choice_at = one_choice ? (size_t)(f->choice_at - data) : 0;
+    sh->choice_len = one_choice ? (size_t)(f->choice_end - f->choice_at) : 0;
+    sh->choices_empty = f->choices_empty;
+    sh->len = len;
+}
+
 bool json_inspect_chunk_final(const char *data, size_t len, json_chunk_info *out)
 {
+    /* The other entry first: a stream's finish and usage chunks alternate. */
+    for (size_t k = 1; k <= 2; k++) {
+        size_t i = (newest_final + k) % 2;
+        if (final_shapes[i].len && final_match(&final_shapes[i], data, len, out)) {
+            newest_final = i;
+            return true;
+        }
+    }
     *out = (json_chunk_info){0};
     fast f = {.p = data, .end = data + len, .final = true};
     fast_space(&f);
@@ -647,5 +817,7 @@ bool json_inspect_chunk_final(const char *data, size_t len, json_chunk_info *out
         return false;
     }
     out->usage_only = out->has_usage && f.choices_empty;
+    newest_final = (newest_final + 1) % 2;
+    final_learn(&final_shapes[newest_final], &f, data, len);
     return true;
 }
