@@ -67,6 +67,7 @@ struct relay {
     uint64_t body_left;       /* Content-Length still to come */
     bool body_complete, upstream_reusable, head_sent, saw_done, client_wants_usage;
     bool terminated; /* the client's chunked body has its last chunk */
+    bool first_event_sent; /* the answer's first event is out, in a write of its own */
     bool client_chunked; /* HTTP/1.1 client: chunked bodies; else close-delimited */
     sse_parser sse;
     slice client_head;        /* response head waiting to go out with the first bytes */
@@ -684,6 +685,18 @@ static int relay_events(relay *r, bool at_eof, bool last)
             }
             if (ev.unterminated)
                 sse_frame_add(&f, SLICE_LIT("\n\n"));
+            /* The answer's first event goes out (with the head, if that
+             * is still here) before the rest of the read is inspected:
+             * the client's first token waits for no other. */
+            if (!r->first_event_sent && f.payload) {
+                r->first_event_sent = true;
+                if (r->dec_start + ev.consumed < r->dec_end && !ev.unterminated) {
+                    if (flush_frame(r, &f, false) != 0)
+                        return -1;
+                    head_pending = false;
+                    sse_frame_begin(&f, (slice){NULL, 0}, r->client_chunked);
+                }
+            }
         }
         r->dec_start += ev.consumed;
         if (ev.unterminated)
