@@ -62,6 +62,9 @@ bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
  * not vouch for are false, for the full path. When true, *out is what the
  * full path reads. */
 bool json_inspect_chunk_final(const char *data, size_t len, json_chunk_info *out);
+/* Both of the above, the cheapest first: what json_inspect_chunk tries
+ * before the full path. */
+bool json_inspect_chunk_known(const char *data, size_t len, json_chunk_info *out);
 int json_inspect_chunk_full(const char *data, size_t len, arena *a, json_chunk_info *out);
 
 /* The usage of a whole JSON answer (chat, completions, responses,

@@ -491,6 +491,7 @@ typedef struct shape {
      * (len 0: none), read through jsmn again on every match. */
     size_t usage_at, usage_len, choice_at, choice_len;
     bool choices_empty;
+    size_t tail; /* bytes after the last value */
     char bytes[SHAPE_MAX_BYTES];
 } shape;
 
@@ -505,6 +506,18 @@ __attribute__((always_inline)) static inline size_t common_prefix(const char *a,
 {
     size_t i = 0;
 #ifdef __SSE2__
+    for (; i + 64 <= n; i += 64) { /* four blocks tested at once; the loop below finds where */
+        __m128i e0 = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)(a + i)),
+                                    _mm_loadu_si128((const __m128i *)(const void *)(b + i)));
+        __m128i e1 = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)(a + i + 16)),
+                                    _mm_loadu_si128((const __m128i *)(const void *)(b + i + 16)));
+        __m128i e2 = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)(a + i + 32)),
+                                    _mm_loadu_si128((const __m128i *)(const void *)(b + i + 32)));
+        __m128i e3 = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)(a + i + 48)),
+                                    _mm_loadu_si128((const __m128i *)(const void *)(b + i + 48)));
+        if (_mm_movemask_epi8(_mm_and_si128(_mm_and_si128(e0, e1), _mm_and_si128(e2, e3))) != 0xffff)
+            break;
+    }
     for (; i + 32 <= n; i += 32) {
         __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)(a + i));
         __m128i y0 = _mm_loadu_si128((const __m128i *)(const void *)(b + i));
@@ -562,6 +575,17 @@ __attribute__((always_inline)) static inline bool shape_compare(const shape *sh,
 {
     size_t pi = 0, di = 0, slot = 0; /* offsets in the cached chunk and in data */
     d->count = 0;
+#ifdef __SSE2__
+    /* What follows the last value is compared as it stands, up to both
+     * ends: a chunk of another kind (a finish after content deltas) mostly
+     * differs there, found with one compare instead of a whole pass. */
+    if (sh->tail >= 16 && len >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(sh->bytes + sh->len - 16));
+        __m128i y = _mm_loadu_si128((const __m128i *)(const void *)(data + len - 16));
+        if (_mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) != 0xffff)
+            return false;
+    }
+#endif
     for (;;) {
         size_t room = sh->len - pi < len - di ? sh->len - pi : len - di;
         size_t same = common_prefix(sh->bytes + pi, data + di, room);
@@ -644,6 +668,7 @@ static bool shape_match(shape *sh, const char *data, size_t len, json_chunk_info
         }
         memcpy(sh->bytes, data, len);
         sh->len = len;
+        sh->tail = len - (sh->slots ? sh->end[sh->slots - 1] : 0);
     }
     return true;
 }
@@ -669,6 +694,7 @@ static void shape_learn(shape *sh, const fast *f, const char *data, size_t len, 
     sh->content_slot = content_slot;
     sh->has_content = info->has_content;
     sh->len = len;
+    sh->tail = len - (sh->slots ? sh->end[sh->slots - 1] : 0);
 }
 
 /* Whether the chunk shows "finish_reason":" , "usage":{ or "error":{ as
@@ -708,13 +734,18 @@ static bool looks_final(const char *data, size_t len)
     return false;
 }
 
-bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
+static bool content_cached(const char *data, size_t len, json_chunk_info *out)
 {
     for (size_t k = 0; k < 2; k++) {
         size_t i = (newest_shape + k) % 2;
         if (shapes[i].len && shape_match(&shapes[i], data, len, out))
             return true;
     }
+    return false;
+}
+
+static bool content_parsed(const char *data, size_t len, json_chunk_info *out)
+{
     *out = (json_chunk_info){0};
     if (len < 2 || looks_final(data, len))
         return false;
@@ -735,6 +766,10 @@ bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
     return true;
 }
 
+bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out)
+{
+    return content_cached(data, len, out) || content_parsed(data, len, out);
+}
 
 /* The final chunks' shape cache: a stream's finish chunk and its usage
  * chunk, each much like the last stream's. A match vouches for the
@@ -791,9 +826,10 @@ static void final_learn(shape *sh, const fast *f, const char *data, size_t len)
     sh->choice_len = one_choice ? (size_t)(f->choice_end - f->choice_at) : 0;
     sh->choices_empty = f->choices_empty;
     sh->len = len;
+    sh->tail = len - (sh->slots ? sh->end[sh->slots - 1] : 0);
 }
 
-bool json_inspect_chunk_final(const char *data, size_t len, json_chunk_info *out)
+static bool final_cached(const char *data, size_t len, json_chunk_info *out)
 {
     /* The other entry first: a stream's finish and usage chunks alternate. */
     for (size_t k = 1; k <= 2; k++) {
@@ -803,6 +839,11 @@ bool json_inspect_chunk_final(const char *data, size_t len, json_chunk_info *out
             return true;
         }
     }
+    return false;
+}
+
+static bool final_parsed(const char *data, size_t len, json_chunk_info *out)
+{
     *out = (json_chunk_info){0};
     fast f = {.p = data, .end = data + len, .final = true};
     fast_space(&f);
@@ -820,4 +861,17 @@ bool json_inspect_chunk_final(const char *data, size_t len, json_chunk_info *out
     newest_final = (newest_final + 1) % 2;
     final_learn(&final_shapes[newest_final], &f, data, len);
     return true;
+}
+
+bool json_inspect_chunk_final(const char *data, size_t len, json_chunk_info *out)
+{
+    return final_cached(data, len, out) || final_parsed(data, len, out);
+}
+
+/* Each way answers as the full path would, so the order is only about
+ * cost: the caches first, a stream's last chunks before any parse. */
+bool json_inspect_chunk_known(const char *data, size_t len, json_chunk_info *out)
+{
+    return content_cached(data, len, out) || final_cached(data, len, out) || content_parsed(data, len, out) ||
+           final_parsed(data, len, out);
 }
