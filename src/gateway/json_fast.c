@@ -499,9 +499,10 @@ typedef struct shape {
 static shape shapes[2];
 static size_t newest_shape;
 
-/* How many leading bytes a and b (n each) share. Two blocks a turn, and
- * the last block read overlapping the one before (no byte-wise tail): a
- * chunk is compared a few times over, up to each changed value. */
+/* How many leading bytes a and b (n each) share. Four blocks a turn while
+ * all agree, then two, and the last block read overlapping the one before
+ * (no byte-wise tail): a chunk is compared a few times over, up to each
+ * changed value. */
 __attribute__((always_inline)) static inline size_t common_prefix(const char *a, const char *b, size_t n)
 {
     size_t i = 0;
