@@ -343,7 +343,7 @@ int json_inspect_chunk_full(const char *data, size_t len, arena *a, json_chunk_i
 
 int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *out)
 {
-    if (json_inspect_chunk_fast(data, len, out))
+    if (json_inspect_chunk_known(data, len, out))
         return 0;
     return json_inspect_chunk_full(data, len, a, out);
 }

@@ -54,6 +54,17 @@ int json_inspect_chunk(const char *data, size_t len, arena *a, json_chunk_info *
  * *out exactly as the full one would and returns true. Anything else (and
  * anything it is unsure of) is false, for the full path, jsmn's. */
 bool json_inspect_chunk_fast(const char *data, size_t len, json_chunk_info *out);
+/* The middle way, for a stream's last chunks: the same one-pass reader
+ * checks the whole chunk, and the objects that carry what is counted (a
+ * top-level "usage" object, a choice with a finish_reason) are tokenised by
+ * jsmn alone, each into a small array. Errors, the Responses API's
+ * "response", a usage or finish anywhere else, and anything the reader does
+ * not vouch for are false, for the full path. When true, *out is what the
+ * full path reads. */
+bool json_inspect_chunk_final(const char *data, size_t len, json_chunk_info *out);
+/* Both of the above, the cheapest first: what json_inspect_chunk tries
+ * before the full path. */
+bool json_inspect_chunk_known(const char *data, size_t len, json_chunk_info *out);
 int json_inspect_chunk_full(const char *data, size_t len, arena *a, json_chunk_info *out);
 
 /* The usage of a whole JSON answer (chat, completions, responses,

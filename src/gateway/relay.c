@@ -67,6 +67,7 @@ struct relay {
     uint64_t body_left;       /* Content-Length still to come */
     bool body_complete, upstream_reusable, head_sent, saw_done, client_wants_usage;
     bool terminated; /* the client's chunked body has its last chunk */
+    bool first_event_sent; /* the answer's first event is out, in a write of its own */
     bool client_chunked; /* HTTP/1.1 client: chunked bodies; else close-delimited */
     sse_parser sse;
     slice client_head;        /* response head waiting to go out with the first bytes */
@@ -563,13 +564,28 @@ static bool inspect_event_in(relay *r, const sse_event *ev);
 
 /* Inspects one event; false when it should not reach the client. Scratch
  * memory for it goes back to the arena at once, so a long stream does not
- * grow its request's memory. */
+ * grow its request's memory: a one-line event's (jsmn's tokens) inside
+ * read_chunk, a multi-line one's joined data here. */
 static bool inspect_event(relay *r, const sse_event *ev)
 {
+    if (ev->data_lines <= 1)
+        return inspect_event_in(r, ev);
     arena_mark mark = arena_mark_now(r->arena);
     bool keep = inspect_event_in(r, ev);
     arena_rewind(r->arena, mark);
     return keep;
+}
+
+/* One chunk's JSON: the fast ways need no memory; the full path's tokens
+ * are scratch (what it reads points into the data). */
+static int read_chunk(relay *r, slice data, json_chunk_info *info)
+{
+    if (json_inspect_chunk_known(data.ptr, data.len, info))
+        return 0;
+    arena_mark mark = arena_mark_now(r->arena);
+    int rc = json_inspect_chunk_full(data.ptr, data.len, r->arena, info);
+    arena_rewind(r->arena, mark);
+    return rc;
 }
 
 static bool inspect_event_in(relay *r, const sse_event *ev)
@@ -593,7 +609,7 @@ static bool inspect_event_in(relay *r, const sse_event *ev)
         data = (slice){joined, n};
     }
     json_chunk_info info;
-    if (json_inspect_chunk(data.ptr, data.len, r->arena, &info) != 0) {
+    if (read_chunk(r, data, &info) != 0) {
         /* not ours to judge: relay what the upstream said, less any secret */
         scrub((char *)ev->raw.ptr, ev->raw.len, &r->secrets);
         return true;
@@ -684,6 +700,18 @@ static int relay_events(relay *r, bool at_eof, bool last)
             }
             if (ev.unterminated)
                 sse_frame_add(&f, SLICE_LIT("\n\n"));
+            /* The answer's first event goes out (with the head, if that
+             * is still here) before the rest of the read is inspected:
+             * the client's first token waits for no other. */
+            if (!r->first_event_sent && f.payload) {
+                r->first_event_sent = true;
+                if (r->dec_start + ev.consumed < r->dec_end && !ev.unterminated) {
+                    if (flush_frame(r, &f, false) != 0)
+                        return -1;
+                    head_pending = false;
+                    sse_frame_begin(&f, (slice){NULL, 0}, r->client_chunked);
+                }
+            }
         }
         r->dec_start += ev.consumed;
         if (ev.unterminated)

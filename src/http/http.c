@@ -793,11 +793,51 @@ static http_chunked_state chunk_step(http_chunked *d, unsigned char c)
     return CHUNK_INVALID;
 }
 
+/* hex_value plus one as a table (0: not a digit): the chunk line's digits
+ * are the decoder's hot loop. */
+static const signed char hex_digit[256] = {
+    ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,  ['6'] = 7,  ['7'] = 8,
+    ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+    ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
+};
+
+/* The usual chunk line whole in src[i..len): the CRLF ending the data
+ * before it (in CHUNK_DATA_CR), hex digits, CRLF. Taken in one go; returns
+ * the index after it, or 0 for anything else (extensions, the last chunk,
+ * a line cut by the read), which the byte-wise machine takes instead, as
+ * if this had not looked. */
+static size_t chunk_line_fast(http_chunked *d, const char *src, size_t i, size_t len)
+{
+    if (d->state == CHUNK_DATA_CR) {
+        if (len - i < 2 || src[i] != '\r' || src[i + 1] != '\n')
+            return 0;
+        i += 2;
+    }
+    uint64_t size = 0;
+    size_t start = i;
+    for (int v; i < len && i - start <= CHUNK_SIZE_DIGITS_MAX && (v = hex_digit[(unsigned char)src[i]] - 1) >= 0; i++)
+        size = size * 16 + (uint64_t)v;
+    size_t digits = i - start;
+    if (digits == 0 || digits > CHUNK_SIZE_DIGITS_MAX || size == 0 || len - i < 2 || src[i] != '\r' ||
+        src[i + 1] != '\n')
+        return 0;
+    d->remaining = size;
+    d->size_digits = 0;
+    d->overhead = 0;
+    d->state = CHUNK_DATA;
+    return i + 2;
+}
+
 http_chunked_result http_chunked_decode(http_chunked *d, char *dst, const char *src, size_t src_len,
                                         size_t *consumed, size_t *produced)
 {
     size_t i = 0, out = 0;
     while (i < src_len && d->state != CHUNK_DONE && d->state != CHUNK_INVALID) {
+        if (d->state == CHUNK_DATA_CR || d->state == CHUNK_SIZE_START) {
+            size_t next = chunk_line_fast(d, src, i, src_len);
+            if (next)
+                i = next;
+        }
         if (d->state == CHUNK_DATA) {
             size_t avail = src_len - i;
             size_t take = d->remaining < avail ? (size_t)d->remaining : avail;

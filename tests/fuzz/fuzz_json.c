@@ -259,6 +259,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
 
+    /* Likewise the final path (usage and finishes, jsmn for those objects). */
+    for (int round = 0; round < 2; round++) { /* the second through its shape cache */
+        json_chunk_info fin;
+        if (json_inspect_chunk_final(body, size, &fin) && (full_rc != 0 || !same_chunk(&fin, &full))) {
+            fprintf(stderr, "final path disagrees (round %d, full rc %d): %.*s\n", round, full_rc, (int)size, body);
+            FUZZ_CHECK(full_rc == 0);
+            FUZZ_CHECK(same_chunk(&fin, &full));
+        }
+    }
+
     free(body);
     arena_reset(&a);
     arena_release_cached();

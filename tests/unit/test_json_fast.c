@@ -239,3 +239,115 @@ TEST(json_fast_cache_follows_a_new_stream)
     const char *last = stream[6];
     CHECK(json_inspect_chunk_fast(last, strlen(last), &info) && slice_eq(info.content, SLICE_LIT("g")));
 }
+
+/* The final path against the full one, on an exact-size copy. */
+static bool final_agrees_at(const char *chunk, const char *file, int line)
+{
+    size_t len = strlen(chunk);
+    char *copy = malloc(len ? len : 1);
+    memcpy(copy, chunk, len);
+    arena a;
+    arena_init(&a);
+    json_chunk_info fin, full;
+    bool took = json_inspect_chunk_final(copy, len, &fin);
+    int rc = json_inspect_chunk_full(copy, len, &a, &full);
+    if (took && (rc != 0 || !same_info(&fin, &full)))
+        unit_fail(file, line, "final and full paths disagree (full rc %d) on %s", rc, chunk);
+    free(copy);
+    arena_reset(&a);
+    return took;
+}
+#define final_agrees(chunk) final_agrees_at((chunk), __FILE__, __LINE__)
+
+TEST(json_final_reads_finishes_and_usage_as_the_full_path)
+{
+    for (int pass = 0; pass < 2; pass++) { /* the second pass mostly through the shape cache */
+        for (size_t i = 0; i < sizeof fast_corpus / sizeof *fast_corpus; i++)
+            CHECK(final_agrees(fast_corpus[i])); /* what the fast path takes, the final one takes too */
+        for (size_t i = 0; i < sizeof full_corpus / sizeof *full_corpus; i++) {
+            final_agrees(full_corpus[i]);
+            final_agrees(full_corpus[i]);
+        }
+    }
+    /* The chunks that end a chat stream are its to take. */
+    CHECK(final_agrees(CHAT_U("{}", "\"stop\"")));
+    CHECK(final_agrees(CHAT("{\"content\":\"last\"}", "\"length\"")));
+    CHECK(final_agrees(CHAT_HEAD "\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":16,"
+                                 "\"total_tokens\":36}}"));
+    CHECK(final_agrees(CHAT_HEAD "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}],"
+                                 "\"usage\":{\"prompt_tokens\":1}}"));
+    CHECK(final_agrees("{\"usage\":7,\"choices\":[{\"delta\":{\"content\":\"n\"}}]}"));
+    CHECK(final_agrees("{\"choices\":[{\"text\":\"t\",\"finish_reason\":\"stop\"}],"
+                       "\"usage\":{\"input_tokens\":\"5\",\"output_tokens\":7.9,\"prompt_tokens\":{}}}"));
+    CHECK(final_agrees("{\"choices\":[{\"finish_reason\":1,\"delta\":{\"content\":\"\"}},"
+                       "{\"finish_reason\":\"stop\",\"delta\":{\"content\":\"second\"}}]}"));
+    CHECK(final_agrees("{\"usage\":{\"prompt_tokens\":1},\"choices\":[],\"usage\":{\"completion_tokens\":2},"
+                       "\"choices\":[1]}"));
+    /* Left to the full path: errors, "response", a final key elsewhere,
+     * a choice or usage too large for the small token array. */
+    CHECK(!final_agrees("{\"error\":{\"message\":\"upstream overloaded\",\"type\":\"server_error\",\"code\":null}}"));
+    CHECK(!final_agrees("{\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":5}}}"));
+    CHECK(!final_agrees("{\"choices\":[{\"delta\":{\"content\":\"x\",\"usage\":{}}}]}"));
+    CHECK(!final_agrees("{\"finish_reason\":\"stop\",\"choices\":[]}"));
+    CHECK(!final_agrees("{\"choices\":[{\"delta\":{\"finish_reason\":\"stop\"}}]}"));
+    char big[2048];
+    size_t n = (size_t)snprintf(big, sizeof big, "{\"choices\":[{\"finish_reason\":\"stop\",\"logprobs\":[");
+    for (int i = 0; i < 60; i++)
+        n += (size_t)snprintf(big + n, sizeof big - n, "%s%d", i ? "," : "", i);
+    snprintf(big + n, sizeof big - n, "],\"delta\":{\"content\":\"x\"}}]}");
+    CHECK(!final_agrees(big));
+    json_chunk_info info;
+    arena a;
+    arena_init(&a);
+    CHECK(json_inspect_chunk(big, strlen(big), &a, &info) == 0 && slice_eq(info.content, SLICE_LIT("x")));
+    arena_reset(&a);
+}
+
+TEST(json_final_reads_what_the_relay_counts)
+{
+    json_chunk_info info;
+    const char *usage = CHAT_HEAD "\"choices\":[],\"usage\":{\"prompt_tokens\":28,\"completion_tokens\":16,"
+                                  "\"total_tokens\":44}}";
+    CHECK(json_inspect_chunk_final(usage, strlen(usage), &info));
+    CHECK(info.has_usage && info.usage_only && info.prompt_tokens == 28 && info.completion_tokens == 16);
+    CHECK(!info.has_content && !info.is_error);
+    const char *finish = CHAT("{\"content\":\"last words\"}", "\"length\"");
+    CHECK(json_inspect_chunk_final(finish, strlen(finish), &info));
+    CHECK(info.has_content && slice_eq(info.content, SLICE_LIT("last words")) && !info.has_usage);
+}
+
+TEST(json_final_cache_follows_new_streams)
+{
+    /* Finish and usage chunks of streams that differ in ids, times, counts
+     * and text: each pair after the others, so most go through the cache. */
+    static const char *const chunks[] = {
+        "{\"id\":\"chatcmpl-1\",\"created\":1796114582,\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}",
+        "{\"id\":\"chatcmpl-1\",\"created\":1796114582,\"choices\":[],\"usage\":{\"prompt_tokens\":28,\"completion_tokens\":16,\"total_tokens\":44}}",
+        "{\"id\":\"chatcmpl-222\",\"created\":1796114583,\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}],\"usage\":null}",
+        "{\"id\":\"chatcmpl-222\",\"created\":1796114583,\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":123456,\"total_tokens\":123463}}",
+        "{\"id\":\"\",\"created\":1,\"choices\":[],\"usage\":{\"prompt_tokens\":-1.5e3,\"completion_tokens\":0,\"total_tokens\":2}}",
+        "{\"id\":\"c\",\"created\":2,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"last\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}",
+        "{\"id\":\"cc\",\"created\":3,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\\\"q\\\" longer\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":40,\"total_tokens\":70}}",
+    };
+    size_t n = sizeof chunks / sizeof *chunks;
+    for (int pass = 0; pass < 3; pass++)
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++) {
+                CHECK(final_agrees(chunks[i]));
+                CHECK(final_agrees(chunks[j]));
+            }
+    json_chunk_info info;
+    const char *u = chunks[3];
+    CHECK(json_inspect_chunk_final(chunks[1], strlen(chunks[1]), &info));
+    CHECK(json_inspect_chunk_final(u, strlen(u), &info) && info.usage_only && info.completion_tokens == 123456);
+    const char *c = chunks[6];
+    CHECK(json_inspect_chunk_final(chunks[5], strlen(chunks[5]), &info));
+    CHECK(json_inspect_chunk_final(c, strlen(c), &info) && info.has_content && info.prompt_tokens == 30);
+    CHECK(slice_eq(info.content, SLICE_LIT("\\\"q\\\" longer")));
+    /* Same skeleton, another structure in a value's place: not the cache's. */
+    CHECK(final_agrees("{\"id\":\"c\",\"created\":{},\"choices\":[],\"usage\":{\"prompt_tokens\":1}}"));
+    CHECK(final_agrees("{\"id\":\"c\",\"created\":5,\"choices\":[],\"usage\":{\"prompt_tokens\":{}}}"));
+    CHECK(json_inspect_chunk_final(chunks[1], strlen(chunks[1]), &info));
+    CHECK(!json_inspect_chunk_final("{\"id\":\"chatcmpl-1\",\"created\":1796114582,\"choices\":[],\"usage\":{\"prompt_tokens\":28,\"completion_tokens\":16,\"total_tokens\":44}",
+                                    strlen(chunks[1]) - 1, &info));
+}

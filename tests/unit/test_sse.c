@@ -524,3 +524,30 @@ TEST(sse_frame_unchunked_and_last)
     n = gather(&f, out, sizeof out);
     CHECK(n == 3 + 14 + 2 + 5 && memcmp(out, "e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n", n) == 0);
 }
+
+TEST(sse_single_data_line_shortcut_agrees)
+{
+    /* One data line and a blank line is read in one search; its near
+     * misses go the line-by-line way and must read the same. */
+    const char *in = "data:\n\ndata:x\n\ndata:  two spaces\n\ndata: a\ndata: b\n\ndata: c\r\n\ndata: d\n\r\n"
+                     "data: e\r\rdata: f\r\n\r\ndata\n\ndata: [DONE]\n\n";
+    event_list l;
+    feed_str(in, 0, true, &l);
+    CHECK_EQ_SIZE(l.count, 10);
+    CHECK_STR(data_of(&l.ev[0]), "");
+    CHECK_EQ_SIZE(l.ev[0].data_lines, 1);
+    CHECK(l.ev[0].has_fields);
+    CHECK_STR(data_of(&l.ev[1]), "x");
+    CHECK_STR(data_of(&l.ev[2]), " two spaces");
+    CHECK_EQ_SIZE(l.ev[3].data_lines, 2);
+    CHECK_STR(l.ev[3].joined, "a\nb");
+    CHECK_STR(raw_of(&l.ev[4]), "data: c\r\n\n");
+    CHECK_STR(data_of(&l.ev[4]), "c");
+    CHECK_STR(raw_of(&l.ev[5]), "data: d\n\r\n");
+    CHECK_STR(data_of(&l.ev[6]), "e");
+    CHECK_STR(raw_of(&l.ev[7]), "data: f\r\n\r\n");
+    CHECK_STR(data_of(&l.ev[8]), "");
+    CHECK(l.ev[9].done);
+    CHECK_EQ_SIZE(l.consumed, strlen(in));
+    check_splits(in, &l);
+}
