@@ -354,12 +354,15 @@ static const char *object_end(const char *p, const char *end)
 {
     size_t depth = 0;
     for (; p < end; p++) {
-        if (*p == '"') {
-            for (p++; p < end && *p != '"'; p++)
-                if (*p == '\\')
-                    p++;
-            if (p >= end)
-                return NULL;
+        if (*p == '"') { /* to the quote that closes it: one after an even run of backslashes */
+            const char *open = p, *run;
+            do {
+                p = memchr(p + 1, '"', (size_t)(end - p - 1));
+                if (!p)
+                    return NULL;
+                for (run = p; run - 1 > open && run[-1] == '\\'; run--)
+                    ;
+            } while ((p - run) % 2);
         } else if (*p == '{') {
             depth++;
         } else if (*p == '}' && --depth == 0) {

@@ -674,6 +674,7 @@ static void forget_request(http_request *req)
     req->method_name = req->target = req->path = req->query = (slice){NULL, 0};
     req->method = HTTP_OTHER;
     req->header_count = 0;
+    req->fields = (http_field_index){{0}};
 }
 
 static void take_request_line(http_request *req, const request_line *rl)

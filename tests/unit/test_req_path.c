@@ -270,6 +270,19 @@ TEST(json_find_usage_from_the_end)
         CHECK(json_find_usage(cases[i], strlen(cases[i]), &a, &info));
         CHECK(info.prompt_tokens == 1 && info.completion_tokens == 2);
     }
+    /* backslash runs before a quote: even, the string ends; odd, it goes on */
+    const char *runs[] = {
+        "{\"usage\":{\"n\":\"a\\\\\",\"completion_tokens\":3}}",
+        "{\"usage\":{\"n\":\"\\\\\\\\\",\"completion_tokens\":3}}",
+        "{\"usage\":{\"n\":\"\\\\\\\"}\\\\\",\"completion_tokens\":3}}",
+        "{\"usage\":{\"n\":\"\",\"completion_tokens\":3}}",
+    };
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        CHECK(json_find_usage(runs[i], strlen(runs[i]), &a, &info));
+        CHECK(info.completion_tokens == 3);
+    }
+    const char *unclosed = "{\"usage\":{\"n\":\"a\\\"}}";
+    CHECK(!json_find_usage(unclosed, strlen(unclosed), &a, &info));
     /* every prefix of the whole key, and no key: none */
     const char *key = "\"usage\"";
     for (size_t n = 0; n <= strlen(key); n++)
