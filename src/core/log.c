@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,13 +20,19 @@ enum {
     LINE_MAX_BYTES = 12 * 1024,
     BATCH_SIZE = 64 * 1024,
 };
+/* When a batch of access lines goes out: when the next line would take it
+ * past PIPE_BUF (so that it leaves in one atomic write, cut at no search),
+ * else FLUSH_MS after its first line. Not once per tick: at low concurrency
+ * a tick is one request, and its write(2) would sit on the latency path. */
+enum { FLUSH_MS = 20 };
 _Static_assert(ACCESS_LINE_WORST <= LINE_MAX_BYTES, "an access line always fits its buffer");
 _Static_assert(BATCH_SIZE >= 2 * LINE_MAX_BYTES, "a batch holds a few worst-case lines");
 
 static char batch[BATCH_SIZE];
 static size_t batch_len;
 static loop *batch_loop;
-static loop_deferred batch_flush;
+static loop_timer batch_timer;
+static bool flush_at_exit;
 
 void log_set_format(log_format f) { format = f; }
 
@@ -59,7 +66,7 @@ void log_flush(void)
     batch_len = 0;
 }
 
-static void flush_deferred(void *ctx)
+static void flush_due(void *ctx)
 {
     (void)ctx;
     log_flush();
@@ -68,7 +75,11 @@ static void flush_deferred(void *ctx)
 void log_attach(loop *l)
 {
     log_flush();
+    if (batch_loop && loop_timer_armed(&batch_timer))
+        loop_timer_stop(batch_loop, &batch_timer);
     batch_loop = l;
+    if (l && !flush_at_exit) /* exit() from anywhere still writes what is batched */
+        flush_at_exit = atexit(log_flush) == 0;
 }
 
 /* wbuf_put for short pieces whose length is known where it is called: once
@@ -271,10 +282,22 @@ void log_access(const access_record *r)
     if (batch_loop) {
         if (BATCH_SIZE - batch_len < LINE_MAX_BYTES)
             log_flush();
+        size_t before = batch_len; /* below PIPE_BUF, as every call leaves it */
         wbuf b = wbuf_over(batch + batch_len, LINE_MAX_BYTES - 1);
         log_put_access(&b, r, now);
         batch_len += end_line(&b);
-        loop_defer(batch_loop, &batch_flush, flush_deferred, NULL);
+        if (batch_len > PIPE_BUF && before > 0) { /* the lines before this one go out whole */
+            size_t line = batch_len - before;
+            batch_len = before;
+            log_flush();
+            memmove(batch, batch + before, line);
+            batch_len = line;
+        }
+        /* The timer may stay armed after a flush: it then finds less to write. */
+        if (batch_len >= PIPE_BUF)
+            log_flush(); /* one line of PIPE_BUF or more: in pieces */
+        else if (!loop_timer_armed(&batch_timer))
+            loop_timer_arm(batch_loop, &batch_timer, FLUSH_MS, flush_due, NULL);
         return;
     }
     char mem[LINE_MAX_BYTES];

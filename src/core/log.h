@@ -26,8 +26,11 @@ typedef struct log_field {
 } log_field;
 
 void log_set_format(log_format f);
-/* With a loop, access lines are batched and written once at the end of each
- * tick; without one (or after log_attach(NULL)), each is written at once. */
+/* With a loop, access lines are batched: a batch is written when the next
+ * line would take it past PIPE_BUF (4 KiB: one atomic write to a pipe),
+ * else 20 ms after its first line; and at log_attach (NULL on shutdown),
+ * before any other line (log_message), and at exit(). Without a loop (or
+ * after log_attach(NULL)), each line is written at once. */
 void log_attach(loop *l);
 void log_flush(void);
 void log_access(const access_record *r);

@@ -2,14 +2,33 @@
 
 #include <string.h>
 
+/* Copies n bytes, 1 to 16: two fixed-size moves that overlap when n is
+ * not their size, where a call to memcpy would cost more than the copy. */
+static inline void copy_short(char *dst, const char *src, size_t n)
+{
+    if (n >= 8) {
+        memcpy(dst, src, 8);
+        memcpy(dst + n - 8, src + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(dst, src, 4);
+        memcpy(dst + n - 4, src + n - 4, 4);
+    } else {
+        dst[0] = src[0];
+        dst[n / 2] = src[n / 2];
+        dst[n - 1] = src[n - 1];
+    }
+}
+
 void wbuf_put(wbuf *b, const void *data, size_t len)
 {
     if (b->overflow || len > b->cap - b->len) {
         b->overflow = true;
         return;
     }
-    if (len)
+    if (len > 16)
         memcpy(b->ptr + b->len, data, len);
+    else if (len) /* most pieces of a head or a log line */
+        copy_short(b->ptr + b->len, data, len);
     b->len += len;
 }
 
@@ -31,6 +50,15 @@ static const char digit_pairs[] = "00010203040506070809"
 
 void wbuf_put_u64(wbuf *b, uint64_t v)
 {
+    if (v < 100 && !b->overflow && b->cap - b->len >= 2) { /* most numbers in a log line or head */
+        if (v < 10) {
+            b->ptr[b->len++] = (char)('0' + v);
+        } else {
+            memcpy(b->ptr + b->len, digit_pairs + v * 2, 2);
+            b->len += 2;
+        }
+        return;
+    }
     size_t n = 1; /* digits, counted first so that they go straight in place */
     for (uint64_t above = 10; n < 20 && v >= above; above *= 10)
         n++;

@@ -2,6 +2,7 @@
 
 #define JSMN_STATIC
 #define JSMN_STRICT
+#define JSMN_PARENT_LINKS
 #include <jsmn.h>
 
 enum { STACK_TOKENS = JSON_STACK_TOKENS };
@@ -353,12 +354,15 @@ static const char *object_end(const char *p, const char *end)
 {
     size_t depth = 0;
     for (; p < end; p++) {
-        if (*p == '"') {
-            for (p++; p < end && *p != '"'; p++)
-                if (*p == '\\')
-                    p++;
-            if (p >= end)
-                return NULL;
+        if (*p == '"') { /* to the quote that closes it: one after an even run of backslashes */
+            const char *open = p, *run;
+            do {
+                p = memchr(p + 1, '"', (size_t)(end - p - 1));
+                if (!p)
+                    return NULL;
+                for (run = p; run - 1 > open && run[-1] == '\\'; run--)
+                    ;
+            } while ((p - run) % 2);
         } else if (*p == '{') {
             depth++;
         } else if (*p == '}' && --depth == 0) {
@@ -368,14 +372,36 @@ static const char *object_end(const char *p, const char *end)
     return NULL;
 }
 
+/* How far left the search for "usage" (quoted) may move when the first byte
+ * of its window is c and the window is not a match: to where c meets the
+ * same byte of the key, or past the key when it has none. */
+static size_t usage_skip(char c)
+{
+    switch (c) {
+    case 'u': return 1;
+    case 's': return 2;
+    case 'a': return 3;
+    case 'g': return 4;
+    case 'e': return 5;
+    case '"': return 6;
+    default: return 7;
+    }
+}
+
 bool json_find_usage(const char *body, size_t len, arena *a, json_chunk_info *out)
 {
     *out = (json_chunk_info){0};
     static const char key[] = "\"usage\"";
     const char *end = body + len, *last = NULL;
-    for (const char *p = body; (p = memmem(p, (size_t)(end - p), key, sizeof key - 1)) != NULL; p += sizeof key - 1)
-        if (p == body || p[-1] != '\\') /* an escaped quote is inside a string */
-            last = p;
+    /* From the end back (answers put usage last, or nearly), skipping as
+     * far as the window's first byte allows. */
+    for (size_t at = len >= sizeof key - 1 ? len - (sizeof key - 1) + 1 : 0; at > 0 && !last;) {
+        const char *p = body + at - 1;
+        if (*p == '"' && memcmp(p, key, sizeof key - 1) == 0 && (p == body || p[-1] != '\\'))
+            last = p; /* (an escaped quote is inside a string) */
+        size_t skip = usage_skip(*p);
+        at = at > skip ? at - skip : 0;
+    }
     if (!last)
         return false;
     const char *v = last + sizeof key - 1;

@@ -242,10 +242,31 @@ static slice names_get(const names *t, size_t id)
 }
 
 /* The id of name, adding it while there is room; UINT32_MAX when full. */
+/* A name that escaping leaves as it is: printable ASCII but '\\' and '"',
+ * short enough to keep whole. Nearly every client and upstream name is. */
+static bool label_is_clean(slice name)
+{
+    if (name.len > METRICS_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < name.len; i++) {
+        unsigned char c = (unsigned char)name.ptr[i];
+        if (c < 0x20 || c > 0x7e || c == '\\' || c == '"')
+            return false;
+    }
+    return true;
+}
+
 static uint32_t names_intern(names *t, slice name)
 {
-    char escaped[NAME_ESCAPED_MAX];
-    size_t len = escape_label(name, METRICS_NAME_MAX, escaped);
+    /* A clean name (the client of every anonymous request, nearly every
+     * other) is its own label: looked up as it is, not escaped each time. */
+    char escaped_mem[NAME_ESCAPED_MAX];
+    const char *escaped = name.ptr;
+    size_t len = name.len;
+    if (!label_is_clean(name)) {
+        len = escape_label(name, METRICS_NAME_MAX, escaped_mem);
+        escaped = escaped_mem;
+    }
     uint32_t h = fnv1a(escaped, len);
     size_t i = h & t->mask;
     for (;;) {

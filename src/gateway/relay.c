@@ -351,18 +351,29 @@ static void on_heartbeat(void *ctx)
 
 static bool forwardable(const http_request *h, slice name)
 {
+    http_field f = http_field_of(name);
+    switch (f) {
+    case HTTP_FIELD_OTHER: break;
     /* Replaced by the gateway's own, or credentials and choices that are
      * the server's to make (which organisation its key acts for). */
-    static const char *const replaced[] = {"host",         "authorization",       "x-api-key",
-                                           "api-key",      "accept-encoding",     "x-request-id",
-                                           "expect",       "openai-organization", "openai-project",
-                                           "traceparent"};
-    if (http_is_hop_by_hop(name))
-        return false;
-    for (size_t i = 0; i < sizeof replaced / sizeof replaced[0]; i++)
-        if (slice_eq_nocase(name, slice_of(replaced[i])))
+    case HTTP_FIELD_HOST:
+    case HTTP_FIELD_AUTHORIZATION:
+    case HTTP_FIELD_X_API_KEY:
+    case HTTP_FIELD_API_KEY:
+    case HTTP_FIELD_ACCEPT_ENCODING:
+    case HTTP_FIELD_X_REQUEST_ID:
+    case HTTP_FIELD_EXPECT:
+    case HTTP_FIELD_OPENAI_ORGANIZATION:
+    case HTTP_FIELD_OPENAI_PROJECT:
+    case HTTP_FIELD_TRACEPARENT: return false;
+    default:
+        if (http_field_is_hop_by_hop(f))
             return false;
+        break;
+    }
     /* Headers the client named in Connection are hop-by-hop too. */
+    if (!http_request_field(h, HTTP_FIELD_CONNECTION))
+        return true;
     for (size_t i = 0; i < h->header_count; i++)
         if (slice_eq_nocase(h->headers[i].name, SLICE_LIT("connection")) &&
             http_list_has_token(h->headers[i].value, name))
@@ -469,12 +480,13 @@ static int build_request(relay *r)
 
 static bool relayed_response_header(const relay *r, slice name, bool stream)
 {
-    if (http_is_hop_by_hop(name) || slice_eq_nocase(name, SLICE_LIT("x-request-id")))
+    http_field f = http_field_of(name);
+    if (http_field_is_hop_by_hop(f) || f == HTTP_FIELD_X_REQUEST_ID)
         return false;
     /* the caller's own limits speak for themselves, not the server key's */
     if (r->limited && name.len > 12 && slice_eq_nocase((slice){name.ptr, 12}, SLICE_LIT("x-ratelimit-")))
         return false;
-    if (stream && (slice_eq_nocase(name, SLICE_LIT("content-type")) || slice_eq_nocase(name, SLICE_LIT("cache-control"))))
+    if (stream && (f == HTTP_FIELD_CONTENT_TYPE || f == HTTP_FIELD_CACHE_CONTROL))
         return false;
     return true;
 }
@@ -1016,7 +1028,7 @@ static bool process_head(relay *r)
     metrics_ttfb(r->env->metrics, r->u->metrics_id, ttfb * 1000);
     if (upstream_is_tls(r->up) && !upstream_was_reused(r->up))
         metrics_tls_handshake(r->env->metrics, upstream_tls_resumed(r->up));
-    const http_header *up_id = http_find_header(r->res.headers, r->res.header_count, SLICE_LIT("x-request-id"));
+    const http_header *up_id = http_response_field(&r->res, HTTP_FIELD_X_REQUEST_ID);
     if (up_id && up_id->value.len <= 128) /* copied: the read buffer goes back to its pool first */
         rec->upstream_req_id = slice_of(arena_strndup(r->arena, up_id->value.ptr, up_id->value.len));
     int status = r->res.status;

@@ -4,24 +4,35 @@
 
 #include "core/wbuf.h"
 
-/* tchar of RFC 9110 §5.6.2 */
-static bool is_tchar(unsigned char c)
-{
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
-        return true;
-    switch (c) { /* not strchr: this runs for every byte of every header name */
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
-        return true;
-    default:
-        return false;
-    }
-}
+/* The classes of each byte, one bit each: BYTE_TCHAR, a tchar of RFC 9110
+ * §5.6.2 (a field name's bytes); BYTE_VALUE, what a field value may hold
+ * (field-vchar, SP, HTAB, obs-text: all but controls and DEL); BYTE_TARGET,
+ * a request target's (visible ASCII). One load per byte on the hot paths. */
+enum { BYTE_TCHAR = 1, BYTE_VALUE = 2, BYTE_TARGET = 4 };
+static const unsigned char byte_class[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 7, 6, 7, 7, 7, 7, 7, 6, 6, 7, 7, 6, 7, 7, 6,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6,
+    6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 7, 6, 7, 0,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+};
 
-/* field-vchar, SP, HTAB, obs-text: everything but controls and DEL */
-static bool is_field_char(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
+static inline bool is_tchar(unsigned char c) { return byte_class[c] & BYTE_TCHAR; }
 
-static bool is_target_char(unsigned char c) { return c > 0x20 && c < 0x7f; }
+static inline bool is_field_char(unsigned char c) { return byte_class[c] & BYTE_VALUE; }
+
+static inline bool is_target_char(unsigned char c) { return byte_class[c] & BYTE_TARGET; }
 
 static bool is_ws(unsigned char c) { return c == ' ' || c == '\t'; }
 
@@ -101,10 +112,169 @@ bool http_list_has_token(slice list, slice token)
     return false;
 }
 
-/* Header fields shared by requests and responses. Returns an error result or
- * HTTP_PARSE_DONE, with `*error` set to a sentence. */
+static inline uint64_t load8(const char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, sizeof w);
+    return w;
+}
+
+static inline uint32_t load4(const char *p)
+{
+    uint32_t w;
+    memcpy(&w, p, sizeof w);
+    return w;
+}
+
+/* Whether any of 8 bytes is a control byte or DEL (HTAB too, which a
+ * value may hold: the caller then looks byte by byte). (x - 0x20..) & ~x &
+ * 0x80.. is nonzero exactly when some byte of x is below 0x20, and
+ * (x ^ 0x7f.. - 0x01..) & ~x & 0x80.. when one is 0x7f: bit 7 of a byte is
+ * the same in x and in x ^ 0x7f.., so one ~x serves both. */
+static inline bool word_has_control(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    return (((w - ones * 0x20) | ((w ^ (ones * 0x7f)) - ones)) & ~w & highs) != 0;
+}
+
+/* A name against a lowercase literal of its length (2 to 24 bytes), a word
+ * at a time, the last word overlapping. `| 0x20` lowers a letter and keeps
+ * '-' as it is; of the bytes it could confuse, only CR (for '-') differs
+ * from a tchar, and names are tokens. */
+static inline bool name_is(const char *p, const char *lower, size_t len)
+{
+    const uint64_t low8 = 0x2020202020202020u;
+    const uint32_t low4 = 0x20202020u;
+    if (len >= 8)
+        return (load8(p) | low8) == load8(lower) && (len <= 16 || (load8(p + 8) | low8) == load8(lower + 8)) &&
+               (load8(p + len - 8) | low8) == load8(lower + len - 8);
+    if (len >= 4)
+        return (load4(p) | low4) == load4(lower) && (load4(p + len - 4) | low4) == load4(lower + len - 4);
+    return len == 2 && (char)(p[0] | 0x20) == lower[0] && (char)(p[1] | 0x20) == lower[1];
+}
+
+#define NAME_IS(n, lit) name_is((n).ptr, (lit), sizeof(lit) - 1)
+
+http_field http_field_of(slice n)
+{
+    /* By length first: most names are ruled out without reading a byte. */
+    switch (n.len) {
+    case 2: return NAME_IS(n, "te") ? HTTP_FIELD_TE : HTTP_FIELD_OTHER;
+    case 4: return NAME_IS(n, "host") ? HTTP_FIELD_HOST : HTTP_FIELD_OTHER;
+    case 6: return NAME_IS(n, "expect") ? HTTP_FIELD_EXPECT : HTTP_FIELD_OTHER;
+    case 7:
+        return NAME_IS(n, "trailer")   ? HTTP_FIELD_TRAILER
+               : NAME_IS(n, "upgrade") ? HTTP_FIELD_UPGRADE
+               : NAME_IS(n, "api-key") ? HTTP_FIELD_API_KEY
+                                       : HTTP_FIELD_OTHER;
+    case 9: return NAME_IS(n, "x-api-key") ? HTTP_FIELD_X_API_KEY : HTTP_FIELD_OTHER;
+    case 10:
+        return NAME_IS(n, "connection")   ? HTTP_FIELD_CONNECTION
+               : NAME_IS(n, "keep-alive") ? HTTP_FIELD_KEEP_ALIVE
+                                          : HTTP_FIELD_OTHER;
+    case 11:
+        return NAME_IS(n, "retry-after")   ? HTTP_FIELD_RETRY_AFTER
+               : NAME_IS(n, "traceparent") ? HTTP_FIELD_TRACEPARENT
+                                           : HTTP_FIELD_OTHER;
+    case 12:
+        return NAME_IS(n, "content-type")   ? HTTP_FIELD_CONTENT_TYPE
+               : NAME_IS(n, "x-request-id") ? HTTP_FIELD_X_REQUEST_ID
+                                            : HTTP_FIELD_OTHER;
+    case 13:
+        return NAME_IS(n, "authorization")   ? HTTP_FIELD_AUTHORIZATION
+               : NAME_IS(n, "cache-control") ? HTTP_FIELD_CACHE_CONTROL
+               : NAME_IS(n, "last-event-id") ? HTTP_FIELD_LAST_EVENT_ID
+               : NAME_IS(n, "if-none-match") ? HTTP_FIELD_IF_NONE_MATCH
+                                             : HTTP_FIELD_OTHER;
+    case 14:
+        return NAME_IS(n, "content-length")   ? HTTP_FIELD_CONTENT_LENGTH
+               : NAME_IS(n, "openai-project") ? HTTP_FIELD_OPENAI_PROJECT
+                                              : HTTP_FIELD_OTHER;
+    case 15: return NAME_IS(n, "accept-encoding") ? HTTP_FIELD_ACCEPT_ENCODING : HTTP_FIELD_OTHER;
+    case 16: return NAME_IS(n, "proxy-connection") ? HTTP_FIELD_PROXY_CONNECTION : HTTP_FIELD_OTHER;
+    case 17:
+        return NAME_IS(n, "transfer-encoding")   ? HTTP_FIELD_TRANSFER_ENCODING
+               : NAME_IS(n, "ssegate-resumable") ? HTTP_FIELD_SSEGATE_RESUMABLE
+                                                 : HTTP_FIELD_OTHER;
+    case 18: return NAME_IS(n, "proxy-authenticate") ? HTTP_FIELD_PROXY_AUTHENTICATE : HTTP_FIELD_OTHER;
+    case 19:
+        return NAME_IS(n, "proxy-authorization")   ? HTTP_FIELD_PROXY_AUTHORIZATION
+               : NAME_IS(n, "openai-organization") ? HTTP_FIELD_OPENAI_ORGANIZATION
+                                                   : HTTP_FIELD_OTHER;
+    default: return HTTP_FIELD_OTHER;
+    }
+}
+
+_Static_assert(HTTP_MAX_HEADERS < 255, "a field's index fits http_field_index");
+
+/* What a parse learns of the fields as it meets them: enough for framing,
+ * Host and Expect without another pass over the headers. */
+typedef struct field_notes {
+    http_field_index *index;
+    size_t hosts;
+    size_t second_length, second_coding; /* 1 + the index of a repeat, 0 when none */
+    size_t last_expect;                  /* 1 + the index of the last Expect */
+    bool close, keep;                    /* Connection listed close, keep-alive */
+} field_notes;
+
+static field_notes notes_over(http_field_index *index)
+{
+    *index = (http_field_index){{0}};
+    return (field_notes){.index = index};
+}
+
+/* Whether a Connection value lists close or keep-alive, in one pass. */
+static void note_connection(field_notes *n, slice list)
+{
+    size_t i = 0;
+    while (i < list.len) {
+        size_t start = i;
+        while (i < list.len && list.ptr[i] != ',')
+            i++;
+        slice token = slice_trim_ows((slice){list.ptr + start, i - start});
+        /* a value holds no CR, so name_is is exact here too */
+        n->close |= token.len == 5 && NAME_IS(token, "close");
+        n->keep |= token.len == 10 && NAME_IS(token, "keep-alive");
+        i++;
+    }
+}
+
+/* Header i, just parsed. */
+static void note_field(field_notes *n, const http_header *h, size_t i)
+{
+    http_field f = http_field_of(h->name);
+    if (f == HTTP_FIELD_OTHER)
+        return;
+    uint8_t *at = &n->index->at[f];
+    bool again = *at != 0;
+    if (!again)
+        *at = (uint8_t)(i + 1);
+    switch (f) {
+    case HTTP_FIELD_CONTENT_LENGTH:
+        if (again && !n->second_length)
+            n->second_length = i + 1;
+        break;
+    case HTTP_FIELD_TRANSFER_ENCODING:
+        if (again && !n->second_coding)
+            n->second_coding = i + 1;
+        break;
+    case HTTP_FIELD_CONNECTION: note_connection(n, h->value); break;
+    case HTTP_FIELD_HOST: n->hosts++; break;
+    case HTTP_FIELD_EXPECT: n->last_expect = i + 1; break;
+    default: break;
+    }
+}
+
+static const http_header *field_in(const http_header *headers, const http_field_index *index, http_field f)
+{
+    return index->at[f] ? &headers[index->at[f] - 1] : NULL;
+}
+
+/* Header fields shared by requests and responses, for a head whose end is
+ * known. Returns an error result or HTTP_PARSE_DONE, with `*error` set to a
+ * sentence. */
 static http_parse_result parse_fields(const char **pos, const char *end, http_header *headers, size_t *count,
-                                      const char **error)
+                                      field_notes *notes, const char **error)
 {
     *count = 0;
     for (;;) {
@@ -138,7 +308,60 @@ static http_parse_result parse_fields(const char **pos, const char *end, http_he
         }
         headers[*count].name = (slice){line.ptr, colon};
         headers[*count].value = value;
+        note_field(notes, &headers[*count], *count);
         (*count)++;
+    }
+}
+
+/* The header section at buf[pos..len) in one pass, for a head that came
+ * whole and clean, as nearly all do: its fields go to headers and *count,
+ * and the result is the end of the head. 0 when it is not that simple: not
+ * all here, a line end not of the start line's kind (`crlf`), anything
+ * malformed, more than HTTP_MAX_HEADERS fields. Then parse_fields, after
+ * the head's end is found and judged in order, gives the verdict; a clean
+ * head gets the same fields from both. */
+static size_t scan_fields(const char *buf, size_t pos, size_t len, bool crlf, http_header *headers, size_t *count,
+                          field_notes *notes)
+{
+    size_t k = 0;
+    for (;;) {
+        if (pos >= len)
+            return 0;
+        if (buf[pos] == '\n' || buf[pos] == '\r') { /* the empty line */
+            size_t end = !crlf && buf[pos] == '\n' ? pos + 1
+                         : crlf && buf[pos] == '\r' && pos + 1 < len && buf[pos + 1] == '\n' ? pos + 2
+                                                                                            : 0;
+            *count = k;
+            return end;
+        }
+        size_t name = pos;
+        while (pos < len && is_tchar((unsigned char)buf[pos]))
+            pos++;
+        if (pos == name || pos == len || buf[pos] != ':' || k == HTTP_MAX_HEADERS)
+            return 0;
+        size_t name_end = pos++;
+        while (pos < len && (buf[pos] == ' ' || buf[pos] == '\t'))
+            pos++;
+        size_t value = pos;
+        while (len - pos >= 8 && !word_has_control(load8(buf + pos)))
+            pos += 8;
+        while (pos < len && is_field_char((unsigned char)buf[pos]))
+            pos++;
+        size_t value_end = pos;
+        while (value_end > value && (buf[value_end - 1] == ' ' || buf[value_end - 1] == '\t'))
+            value_end--;
+        if (crlf) {
+            if (len - pos < 2 || buf[pos] != '\r' || buf[pos + 1] != '\n')
+                return 0;
+            pos += 2;
+        } else {
+            if (pos == len || buf[pos] != '\n')
+                return 0;
+            pos++;
+        }
+        headers[k] = (http_header){{buf + name, name_end - name}, {buf + value, value_end - value}};
+        note_field(notes, &headers[k], k);
+        k++;
     }
 }
 
@@ -150,31 +373,17 @@ static bool parse_length(slice v, uint64_t *out)
 }
 
 /* Decides body framing and connection persistence from the fields. */
-static http_parse_result framing(const http_header *headers, size_t count, int minor, http_body_kind *kind,
+static http_parse_result framing(const http_header *headers, const field_notes *n, int minor, http_body_kind *kind,
                                  uint64_t *length, bool *keep_alive, const char **error)
 {
-    const http_header *cl = NULL, *te = NULL;
-    bool close = false, keep = false;
-    for (size_t i = 0; i < count; i++) {
-        const http_header *h = &headers[i];
-        if (slice_eq_nocase(h->name, SLICE_LIT("content-length"))) {
-            if (cl) {
-                *error = "duplicate Content-Length";
-                return HTTP_PARSE_BAD_REQUEST;
-            }
-            cl = h;
-        } else if (slice_eq_nocase(h->name, SLICE_LIT("transfer-encoding"))) {
-            if (te) {
-                *error = "duplicate Transfer-Encoding";
-                return HTTP_PARSE_BAD_REQUEST;
-            }
-            te = h;
-        } else if (slice_eq_nocase(h->name, SLICE_LIT("connection"))) {
-            close |= http_list_has_token(h->value, SLICE_LIT("close"));
-            keep |= http_list_has_token(h->value, SLICE_LIT("keep-alive"));
-        }
+    if (n->second_length || n->second_coding) { /* the repeat that comes first */
+        bool length_first = n->second_length && (!n->second_coding || n->second_length < n->second_coding);
+        *error = length_first ? "duplicate Content-Length" : "duplicate Transfer-Encoding";
+        return HTTP_PARSE_BAD_REQUEST;
     }
-    *keep_alive = minor >= 1 ? !close : keep && !close;
+    const http_header *cl = field_in(headers, n->index, HTTP_FIELD_CONTENT_LENGTH);
+    const http_header *te = field_in(headers, n->index, HTTP_FIELD_TRANSFER_ENCODING);
+    *keep_alive = minor >= 1 ? !n->close : n->keep && !n->close;
     *length = 0;
     if (te && cl) {
         *error = "both Content-Length and Transfer-Encoding";
@@ -206,15 +415,17 @@ static http_parse_result framing(const http_header *headers, size_t count, int m
 
 static http_method method_of(slice m)
 {
-    static const struct {
-        const char *name;
-        http_method method;
-    } known[] = {{"GET", HTTP_GET},       {"HEAD", HTTP_HEAD},   {"POST", HTTP_POST},      {"PUT", HTTP_PUT},
-                 {"DELETE", HTTP_DELETE}, {"PATCH", HTTP_PATCH}, {"OPTIONS", HTTP_OPTIONS}};
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (slice_eq(m, slice_of(known[i].name)))
-            return known[i].method;
-    return HTTP_OTHER;
+    /* Methods are case-sensitive (RFC 9110 §9.1). */
+    switch (m.len) {
+    case 3:
+        return slice_eq(m, SLICE_LIT("GET")) ? HTTP_GET : slice_eq(m, SLICE_LIT("PUT")) ? HTTP_PUT : HTTP_OTHER;
+    case 4:
+        return slice_eq(m, SLICE_LIT("POST")) ? HTTP_POST : slice_eq(m, SLICE_LIT("HEAD")) ? HTTP_HEAD : HTTP_OTHER;
+    case 5: return slice_eq(m, SLICE_LIT("PATCH")) ? HTTP_PATCH : HTTP_OTHER;
+    case 6: return slice_eq(m, SLICE_LIT("DELETE")) ? HTTP_DELETE : HTTP_OTHER;
+    case 7: return slice_eq(m, SLICE_LIT("OPTIONS")) ? HTTP_OPTIONS : HTTP_OTHER;
+    default: return HTTP_OTHER;
+    }
 }
 
 /* "HTTP/1.x" → minor, or -1 for another HTTP version, -2 for garbage. */
@@ -268,7 +479,11 @@ static http_parse_result scan_request_line(const char *p, size_t n, size_t max_t
     rl->method = (slice){p, i};
 
     size_t target = ++i;
-    for (; i < n && p[i] != ' '; i++) {
+    /* The target's bytes up to its limit, then what stopped them. */
+    size_t limit = n - target > max_target ? target + max_target : n;
+    while (i < limit && is_target_char((unsigned char)p[i]))
+        i++;
+    if (i < n && p[i] != ' ') {
         unsigned char c = (unsigned char)p[i];
         if (c == '\r' || c == '\n') { /* a line end here leaves no version */
             *error = "malformed request line";
@@ -278,10 +493,8 @@ static http_parse_result scan_request_line(const char *p, size_t n, size_t max_t
             *error = "invalid character in request target";
             return HTTP_PARSE_BAD_REQUEST;
         }
-        if (i - target == max_target) {
-            *error = "request target too long";
-            return HTTP_PARSE_URI_TOO_LONG;
-        }
+        *error = "request target too long"; /* a target byte past the limit */
+        return HTTP_PARSE_URI_TOO_LONG;
     }
     if (i == target && i < n) {
         *error = "malformed request line";
@@ -453,15 +666,74 @@ static http_parse_result request_error(http_request *req, http_parse_result r, c
     return r;
 }
 
-http_parse_result http_parse_request(const char *buf, size_t len, size_t max_head, size_t max_target,
-                                     size_t *scanned, http_request *req)
+/* A failed parse must not leave the previous request's slices behind: the
+ * caller logs what was understood. */
+static void forget_request(http_request *req)
 {
-    /* A failed parse must not leave the previous request's slices behind:
-     * the caller logs what was understood. */
     req->error = NULL;
     req->method_name = req->target = req->path = req->query = (slice){NULL, 0};
     req->method = HTTP_OTHER;
     req->header_count = 0;
+    req->fields = (http_field_index){{0}};
+}
+
+static void take_request_line(http_request *req, const request_line *rl)
+{
+    req->method_name = rl->method;
+    req->target = rl->target;
+    req->minor_version = parse_version(rl->version);
+    req->method = method_of(req->method_name);
+    const char *q = memchr(req->target.ptr, '?', req->target.len);
+    req->path = (slice){req->target.ptr, q ? (size_t)(q - req->target.ptr) : req->target.len};
+    req->query = q ? (slice){q + 1, req->target.len - req->path.len - 1} : (slice){q, 0};
+}
+
+/* What follows the fields: framing, Host, Expect. */
+static http_parse_result finish_request(http_request *req, const field_notes *n, size_t end)
+{
+    int minor = req->minor_version;
+    http_parse_result r = framing(req->headers, n, minor, &req->body_kind, &req->content_length, &req->keep_alive,
+                                  &req->error);
+    if (r != HTTP_PARSE_DONE)
+        return r;
+    req->expect_continue = n->last_expect &&
+                           slice_eq_nocase(req->headers[n->last_expect - 1].value, SLICE_LIT("100-continue"));
+    if (n->hosts > 1 || (n->hosts == 0 && minor >= 1))
+        return request_error(req, HTTP_PARSE_BAD_REQUEST, n->hosts ? "more than one Host header" : "missing Host header");
+    const http_header *host = field_in(req->headers, n->index, HTTP_FIELD_HOST);
+    if (host && !host_is_valid(host->value))
+        return request_error(req, HTTP_PARSE_BAD_REQUEST, "invalid Host header");
+    if (req->expect_continue && minor < 1)
+        req->expect_continue = false;
+    req->head_len = end;
+    return HTTP_PARSE_DONE;
+}
+
+/* A whole, clean head in one pass (see scan_fields); false when the careful
+ * path must look. */
+static bool parse_request_fast(const char *buf, size_t len, size_t lead, size_t max_head, size_t max_target,
+                               http_request *req, http_parse_result *result)
+{
+    request_line rl = {0};
+    const char *why = NULL;
+    if (scan_request_line(buf + lead, len - lead, max_target, &rl, &why) != HTTP_PARSE_DONE)
+        return false;
+    bool crlf = buf[lead + rl.len - 2] == '\r'; /* rl.len >= 10: the version and a line end */
+    field_notes n = notes_over(&req->fields);
+    /* Nothing past max_head: a longer head is the careful path's 431. */
+    size_t end = scan_fields(buf, lead + rl.len, len < max_head ? len : max_head, crlf, req->headers,
+                             &req->header_count, &n);
+    if (end == 0)
+        return false;
+    take_request_line(req, &rl);
+    *result = finish_request(req, &n, end);
+    return true;
+}
+
+http_parse_result http_parse_request(const char *buf, size_t len, size_t max_head, size_t max_target,
+                                     size_t *scanned, http_request *req)
+{
+    forget_request(req);
     /* RFC 9112 §2.2: ignore empty lines before the request line. */
     size_t lead = 0;
     while (lead < len && (buf[lead] == '\r' || buf[lead] == '\n')) {
@@ -469,6 +741,12 @@ http_parse_result http_parse_request(const char *buf, size_t len, size_t max_hea
             break;
         lead++;
     }
+    /* The first look at a request's bytes: most heads arrive whole. */
+    http_parse_result fast;
+    if (*scanned == 0 && parse_request_fast(buf, len, lead, max_head, max_target, req, &fast))
+        return fast;
+    forget_request(req);
+
     /* A request line whose end an earlier call already searched past was
      * judged whole then; the bytes before `*scanned` do not change. */
     bool line_judged = *scanned > lead && *scanned <= len && memchr(buf + lead, '\n', *scanned - lead) != NULL;
@@ -495,53 +773,98 @@ http_parse_result http_parse_request(const char *buf, size_t len, size_t max_hea
         return request_error(req, HTTP_PARSE_BAD_REQUEST, "malformed request line");
     if (r != HTTP_PARSE_DONE)
         return r;
-    int minor = parse_version(rl.version);
-    req->method_name = rl.method;
-    req->target = rl.target;
-    req->minor_version = minor;
-    req->method = method_of(req->method_name);
-    const char *q = memchr(req->target.ptr, '?', req->target.len);
-    req->path = (slice){req->target.ptr, q ? (size_t)(q - req->target.ptr) : req->target.len};
-    req->query = q ? (slice){q + 1, req->target.len - req->path.len - 1} : (slice){q, 0};
+    take_request_line(req, &rl);
     if (end > max_head)
         return request_error(req, HTTP_PARSE_HEADERS_TOO_LARGE, "request header section too large");
     if (!line_ends_agree(buf + lead, end - lead))
         return request_error(req, HTTP_PARSE_BAD_REQUEST, "mixed line endings in the request head");
 
     const char *pos = buf + lead + rl.len, *stop = buf + end;
-    r = parse_fields(&pos, stop, req->headers, &req->header_count, &req->error);
+    field_notes n = notes_over(&req->fields);
+    r = parse_fields(&pos, stop, req->headers, &req->header_count, &n, &req->error);
     if (r != HTTP_PARSE_DONE)
         return r;
-    r = framing(req->headers, req->header_count, minor, &req->body_kind, &req->content_length, &req->keep_alive,
-                &req->error);
-    if (r != HTTP_PARSE_DONE)
-        return r;
+    return finish_request(req, &n, end);
+}
 
-    size_t hosts = 0;
-    const http_header *host = NULL;
-    req->expect_continue = false;
-    for (size_t i = 0; i < req->header_count; i++) {
-        if (slice_eq_nocase(req->headers[i].name, SLICE_LIT("host"))) {
-            hosts++;
-            host = &req->headers[i];
-        } else if (slice_eq_nocase(req->headers[i].name, SLICE_LIT("expect"))) {
-            req->expect_continue = slice_eq_nocase(req->headers[i].value, SLICE_LIT("100-continue"));
-        }
+/* What follows the fields of a response: framing, and what it says of the body. */
+static http_parse_result finish_response(http_response *res, const field_notes *n, bool request_was_head,
+                                         size_t end)
+{
+    http_parse_result r = framing(res->headers, n, res->minor_version, &res->body_kind, &res->content_length,
+                                  &res->keep_alive, &res->error);
+    if (r != HTTP_PARSE_DONE)
+        return r;
+    int status = res->status;
+    if (request_was_head || status < 200 || status == 204 || status == 304) {
+        res->body_kind = HTTP_BODY_NONE;
+        res->content_length = 0;
+    } else if (res->body_kind == HTTP_BODY_NONE) {
+        res->body_kind = HTTP_BODY_UNTIL_CLOSE;
+        res->keep_alive = false;
     }
-    if (hosts > 1 || (hosts == 0 && minor >= 1))
-        return request_error(req, HTTP_PARSE_BAD_REQUEST, hosts ? "more than one Host header" : "missing Host header");
-    if (host && !host_is_valid(host->value))
-        return request_error(req, HTTP_PARSE_BAD_REQUEST, "invalid Host header");
-    if (req->expect_continue && minor < 1)
-        req->expect_continue = false;
-    req->head_len = end;
+    const http_header *ct = field_in(res->headers, n->index, HTTP_FIELD_CONTENT_TYPE);
+    res->content_type = ct ? ct->value : (slice){NULL, 0};
+    res->head_len = end;
     return HTTP_PARSE_DONE;
+}
+
+/* "HTTP/1.x NNN" and, after a space, any reason without a CR, then the line
+ * end: its length with the line end, or 0 when it is not that (the careful
+ * path then says what it is). */
+static size_t scan_status_line(const char *buf, size_t len, http_response *res, bool *crlf)
+{
+    if (len < 13 || buf[8] != ' ')
+        return 0;
+    int minor = parse_version((slice){buf, 8});
+    if (minor < 0)
+        return 0;
+    int status = 0;
+    for (size_t i = 9; i < 12; i++) {
+        if (buf[i] < '0' || buf[i] > '9')
+            return 0;
+        status = status * 10 + (buf[i] - '0');
+    }
+    size_t i = 12;
+    if (buf[i] == ' ')
+        while (i < len && buf[i] != '\r' && buf[i] != '\n')
+            i++;
+    if (status < 100 || i == len)
+        return 0;
+    *crlf = buf[i] == '\r';
+    if (*crlf && (i + 1 == len || buf[i + 1] != '\n'))
+        return 0;
+    if (!*crlf && buf[i] != '\n')
+        return 0;
+    res->status = status;
+    res->minor_version = minor;
+    return i + (*crlf ? 2 : 1);
+}
+
+static bool parse_response_fast(const char *buf, size_t len, size_t max_head, bool request_was_head,
+                                http_response *res, http_parse_result *result)
+{
+    if (len > max_head) /* nothing past max_head: a longer head is the careful path's 431 */
+        len = max_head;
+    bool crlf;
+    size_t line = scan_status_line(buf, len, res, &crlf);
+    if (line == 0)
+        return false;
+    field_notes n = notes_over(&res->fields);
+    size_t end = scan_fields(buf, line, len, crlf, res->headers, &res->header_count, &n);
+    if (end == 0)
+        return false;
+    *result = finish_response(res, &n, request_was_head, end);
+    return true;
 }
 
 http_parse_result http_parse_response(const char *buf, size_t len, size_t max_head, bool request_was_head,
                                       http_response *res)
 {
     res->error = NULL;
+    http_parse_result fast;
+    if (parse_response_fast(buf, len, max_head, request_was_head, res, &fast))
+        return fast;
     size_t scanned = 0;
     size_t end = find_head_end(buf, len, &scanned);
     if (end == 0) {
@@ -589,24 +912,11 @@ http_parse_result http_parse_response(const char *buf, size_t len, size_t max_he
     }
     res->status = status;
     res->minor_version = minor;
-    http_parse_result r = parse_fields(&pos, stop, res->headers, &res->header_count, &res->error);
+    field_notes n = notes_over(&res->fields);
+    http_parse_result r = parse_fields(&pos, stop, res->headers, &res->header_count, &n, &res->error);
     if (r != HTTP_PARSE_DONE)
         return r;
-    r = framing(res->headers, res->header_count, minor, &res->body_kind, &res->content_length, &res->keep_alive,
-                &res->error);
-    if (r != HTTP_PARSE_DONE)
-        return r;
-    if (request_was_head || status < 200 || status == 204 || status == 304) {
-        res->body_kind = HTTP_BODY_NONE;
-        res->content_length = 0;
-    } else if (res->body_kind == HTTP_BODY_NONE) {
-        res->body_kind = HTTP_BODY_UNTIL_CLOSE;
-        res->keep_alive = false;
-    }
-    const http_header *ct = http_find_header(res->headers, res->header_count, SLICE_LIT("content-type"));
-    res->content_type = ct ? ct->value : (slice){NULL, 0};
-    res->head_len = end;
-    return HTTP_PARSE_DONE;
+    return finish_response(res, &n, request_was_head, end);
 }
 
 const http_header *http_find_header(const http_header *headers, size_t count, slice name)
@@ -617,18 +927,19 @@ const http_header *http_find_header(const http_header *headers, size_t count, sl
     return NULL;
 }
 
+const http_header *http_request_field(const http_request *req, http_field f)
+{
+    return field_in(req->headers, &req->fields, f);
+}
+
+const http_header *http_response_field(const http_response *res, http_field f)
+{
+    return field_in(res->headers, &res->fields, f);
+}
+
 bool http_is_hop_by_hop(slice name)
 {
-    /* Slices, not strings: this runs for every header, so no strlen here. */
-    static const slice hop[] = {SLICE_LIT("connection"),         SLICE_LIT("keep-alive"),
-                                SLICE_LIT("proxy-connection"),   SLICE_LIT("te"),
-                                SLICE_LIT("trailer"),            SLICE_LIT("upgrade"),
-                                SLICE_LIT("transfer-encoding"),  SLICE_LIT("proxy-authorization"),
-                                SLICE_LIT("proxy-authenticate"), SLICE_LIT("content-length")};
-    for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
-        if (slice_eq_nocase(name, hop[i]))
-            return true;
-    return false;
+    return http_field_is_hop_by_hop(http_field_of(name));
 }
 
 const char *http_reason(int status)

@@ -15,6 +15,55 @@ typedef struct http_header {
     slice name, value;
 } http_header;
 
+/* The fields the gateway acts on, recognised once per header as a head is
+ * parsed, so that nothing downstream compares names again. */
+typedef enum http_field {
+    HTTP_FIELD_OTHER,
+    /* hop-by-hop (RFC 9110 §7.6.1), and this hop's framing: never forwarded */
+    HTTP_FIELD_CONNECTION,
+    HTTP_FIELD_KEEP_ALIVE,
+    HTTP_FIELD_PROXY_CONNECTION,
+    HTTP_FIELD_TE,
+    HTTP_FIELD_TRAILER,
+    HTTP_FIELD_UPGRADE,
+    HTTP_FIELD_TRANSFER_ENCODING,
+    HTTP_FIELD_PROXY_AUTHORIZATION,
+    HTTP_FIELD_PROXY_AUTHENTICATE,
+    HTTP_FIELD_CONTENT_LENGTH,
+    /* end-to-end */
+    HTTP_FIELD_HOST,
+    HTTP_FIELD_EXPECT,
+    HTTP_FIELD_CONTENT_TYPE,
+    HTTP_FIELD_CACHE_CONTROL,
+    HTTP_FIELD_ACCEPT_ENCODING,
+    HTTP_FIELD_AUTHORIZATION,
+    HTTP_FIELD_X_API_KEY,
+    HTTP_FIELD_API_KEY,
+    HTTP_FIELD_X_REQUEST_ID,
+    HTTP_FIELD_TRACEPARENT,
+    HTTP_FIELD_OPENAI_ORGANIZATION,
+    HTTP_FIELD_OPENAI_PROJECT,
+    HTTP_FIELD_RETRY_AFTER,
+    HTTP_FIELD_LAST_EVENT_ID,
+    HTTP_FIELD_SSEGATE_RESUMABLE,
+    HTTP_FIELD_IF_NONE_MATCH,
+    HTTP_FIELD_COUNT
+} http_field;
+
+/* Which known field a name is, case-insensitively. `name` is a token, as
+ * the parsers leave every header name. */
+http_field http_field_of(slice name);
+
+static inline bool http_field_is_hop_by_hop(http_field f)
+{
+    return f >= HTTP_FIELD_CONNECTION && f <= HTTP_FIELD_CONTENT_LENGTH;
+}
+
+/* Per known field, 1 + the index of its first header, 0 when absent. */
+typedef struct http_field_index {
+    uint8_t at[HTTP_FIELD_COUNT];
+} http_field_index;
+
 typedef enum http_method {
     HTTP_GET,
     HTTP_HEAD,
@@ -50,6 +99,7 @@ typedef struct http_request {
     int minor_version; /* HTTP/1.x */
     http_header headers[HTTP_MAX_HEADERS];
     size_t header_count;
+    http_field_index fields;
     size_t head_len; /* bytes of the head, request line to the blank line */
     http_body_kind body_kind;
     uint64_t content_length;
@@ -63,6 +113,7 @@ typedef struct http_response {
     int minor_version;
     http_header headers[HTTP_MAX_HEADERS];
     size_t header_count;
+    http_field_index fields;
     size_t head_len;
     http_body_kind body_kind;
     uint64_t content_length;
@@ -95,6 +146,11 @@ http_parse_result http_parse_response(const char *buf, size_t len, size_t max_he
 
 /* Finds a header by name, case-insensitively; NULL when absent. */
 const http_header *http_find_header(const http_header *headers, size_t count, slice name);
+
+/* The first header of a known field, found without comparing names; NULL
+ * when absent. */
+const http_header *http_request_field(const http_request *req, http_field f);
+const http_header *http_response_field(const http_response *res, http_field f);
 
 /* True for the headers that describe one connection, not the message
  * (RFC 9110 §7.6.1), plus those naming this hop's framing. */

@@ -275,23 +275,36 @@ static void send_error(client *c, int status, const char *message, const char *t
 
 /* ---- request bookkeeping ---- */
 
-/* splitmix64 over a random seed: unique enough, no syscall per request */
+/* splitmix64 over a random seed: unique enough, no syscall per request.
+ * Ids are labels, not secrets (stream tokens come from getrandom). Each
+ * 64-bit draw gives 16 digits at once: its nibbles spread to one per byte,
+ * then each byte n becomes '0' + n, plus 39 more ('a' - '0' - 10) when n
+ * is 10 or more, which n + 6 carrying into bit 4 tells. */
 static void put_random_hex(server *s, char *out, size_t digits)
 {
-    static const char hex[] = "0123456789abcdef";
+    const uint64_t nibbles = 0x0f0f0f0f0f0f0f0fu, ones = 0x0101010101010101u;
     for (size_t i = 0; i < digits; i += 16) {
         uint64_t z = (s->id_state += 0x9e3779b97f4a7c15u);
         z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
         z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
         z ^= z >> 31;
-        for (size_t k = 0; k < 16 && i + k < digits; k++)
-            out[i + k] = hex[(z >> (k * 4)) & 15];
+        uint64_t half[2] = {z & nibbles, (z >> 4) & nibbles};
+        char text[16];
+        for (size_t h = 0; h < 2; h++) {
+            uint64_t letters = ((half[h] + ones * 6) >> 4) & ones;
+            uint64_t chars = half[h] + ones * '0' + letters * 39;
+            memcpy(text + 8 * h, &chars, 8);
+        }
+        if (digits - i >= 16)
+            memcpy(out + i, text, 16); /* a constant length: two moves */
+        else
+            memcpy(out + i, text, digits - i);
     }
 }
 
 static void make_request_id(client *c)
 {
-    const http_header *h = http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("x-request-id"));
+    const http_header *h = http_request_field(&c->req, HTTP_FIELD_X_REQUEST_ID);
     if (h && h->value.len > 0 && h->value.len <= REQ_ID_MAX) {
         bool clean = true;
         for (size_t i = 0; i < h->value.len; i++) {
@@ -319,7 +332,7 @@ static bool is_lower_hex(slice s)
 /* W3C trace context: the client's when well formed, else a new trace. */
 static void make_traceparent(client *c)
 {
-    const http_header *h = http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("traceparent"));
+    const http_header *h = http_request_field(&c->req, HTTP_FIELD_TRACEPARENT);
     if (h && h->value.len == TRACEPARENT_LEN && h->value.ptr[2] == '-' && h->value.ptr[35] == '-' &&
         h->value.ptr[52] == '-' && !slice_starts_with(h->value, SLICE_LIT("ff")) &&
         is_lower_hex((slice){h->value.ptr, 2}) && is_lower_hex((slice){h->value.ptr + 3, 32}) &&
@@ -510,7 +523,7 @@ static void start_relay(client *c)
                                    .body = c->body,
                                    .body_len = c->body_len,
                                    .req_id = slice_of(c->req_id),
-                                   .traceparent = slice_of(c->traceparent),
+                                   .traceparent = (slice){c->traceparent, TRACEPARENT_LEN},
                                    .caller = c->has_caller ? &c->caller : NULL,
                                    .gen = c->gen,
                                    .record = &c->record,
@@ -611,9 +624,9 @@ static void answer_metrics(client *c)
 
 static bool is_resumable(const client *c)
 {
-    const http_header *h = http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("ssegate-resumable"));
+    const http_header *h = http_request_field(&c->req, HTTP_FIELD_SSEGATE_RESUMABLE);
     return c->srv->cfg->resumable || (h && slice_eq(h->value, SLICE_LIT("1"))) ||
-           http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("last-event-id"));
+           http_request_field(&c->req, HTTP_FIELD_LAST_EVENT_ID);
 }
 
 static const char *owner_of(const client *c) { return c->has_caller ? c->caller.name : "anonymous"; }
@@ -937,7 +950,7 @@ static void arm_timer(client *c, uint64_t ms) { loop_timer_arm(c->srv->loop, &c-
 /* JSON bodies are read whole and inspected; anything else streams up. */
 static bool body_is_json(const http_request *req)
 {
-    const http_header *h = http_find_header(req->headers, req->header_count, SLICE_LIT("content-type"));
+    const http_header *h = http_request_field(req, HTTP_FIELD_CONTENT_TYPE);
     return !h || (h->value.len >= 16 && slice_eq_nocase((slice){h->value.ptr, 16}, SLICE_LIT("application/json")));
 }
 

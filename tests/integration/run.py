@@ -2321,7 +2321,12 @@ def demo_upstream_without_key(ctx):
             check(r.status == 200, '%s: non-streaming demo answered %d' % (name, r.status))
             check(r.json()['choices'][0]['message']['content'] == text,
                   '%s: non-streaming demo reply differs from the streamed one' % name)
-            rec = [r for r in log_records_of(p) if r.get('path') == '/v1/chat/completions']
+            end = time.monotonic() + bounded(3 * SCALE)  # access lines leave in batches, within 20 ms
+            while True:
+                rec = [r for r in log_records_of(p) if r.get('path') == '/v1/chat/completions']
+                if len(rec) >= 2 or time.monotonic() >= end:
+                    break
+                time.sleep(0.02)
             check(rec and all(r.get('upstream') == 'demo' for r in rec),
                   '%s: access log does not name the demo upstream: %s' % (name, rec[:1]))
             m = get(port, '/v1/models')
