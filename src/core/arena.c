@@ -12,19 +12,34 @@ struct arena_block {
     _Alignas(16) unsigned char data[];
 };
 
-enum { MAX_CACHED_BLOCKS = 1024 };
+/* Blocks kept for reuse, per size: enough for the requests of a busy
+ * moment to do no malloc, few enough that an idle process holds little
+ * (a cached block stays resident). */
+enum { MAX_CACHED_BLOCKS = 32 };
 
-static arena_block *cached_blocks;
-static size_t cached_count;
+typedef struct block_cache {
+    arena_block *list;
+    size_t count;
+} block_cache;
+
+static block_cache caches[2]; /* [0] standard blocks, [1] small ones */
+
+static block_cache *cache_for(size_t cap)
+{
+    return cap == ARENA_BLOCK_SIZE ? &caches[0] : cap == ARENA_SMALL_BLOCK ? &caches[1] : NULL;
+}
 
 void arena_init(arena *a) { *a = (arena){0}; }
 
+void arena_init_small(arena *a) { *a = (arena){.small = true}; }
+
 static arena_block *block_new(size_t cap)
 {
-    if (cap == ARENA_BLOCK_SIZE && cached_blocks) {
-        arena_block *b = cached_blocks;
-        cached_blocks = b->next;
-        cached_count--;
+    block_cache *c = cache_for(cap);
+    if (c && c->list) {
+        arena_block *b = c->list;
+        c->list = b->next;
+        c->count--;
         return b;
     }
     if (cap > SIZE_MAX - sizeof(arena_block))
@@ -37,10 +52,11 @@ static arena_block *block_new(size_t cap)
 
 static void block_free(arena_block *b)
 {
-    if (b->cap == ARENA_BLOCK_SIZE && cached_count < MAX_CACHED_BLOCKS) {
-        b->next = cached_blocks;
-        cached_blocks = b;
-        cached_count++;
+    block_cache *c = cache_for(b->cap);
+    if (c && c->count < MAX_CACHED_BLOCKS) {
+        b->next = c->list;
+        c->list = b;
+        c->count++;
     } else {
         free(b);
     }
@@ -53,6 +69,8 @@ void *arena_alloc(arena *a, size_t size)
         return NULL;
     if (!a->head || a->head->cap - a->used < need) {
         size_t cap = need > ARENA_BLOCK_SIZE ? need : ARENA_BLOCK_SIZE;
+        if (a->small && !a->head && need <= ARENA_SMALL_BLOCK)
+            cap = ARENA_SMALL_BLOCK;
         arena_block *b = block_new(cap);
         if (!b)
             return NULL;
@@ -74,7 +92,7 @@ void arena_reset(arena *a)
         block_free(b);
         b = next;
     }
-    *a = (arena){0};
+    *a = (arena){.small = a->small};
 }
 
 arena_mark arena_mark_now(const arena *a) { return (arena_mark){a->head, a->used, a->total}; }
@@ -103,12 +121,14 @@ char *arena_strndup(arena *a, const char *s, size_t len)
 
 void arena_release_cached(void)
 {
-    while (cached_blocks) {
-        arena_block *b = cached_blocks;
-        cached_blocks = b->next;
-        free(b);
+    for (size_t i = 0; i < 2; i++) {
+        while (caches[i].list) {
+            arena_block *b = caches[i].list;
+            caches[i].list = b->next;
+            free(b);
+        }
+        caches[i].count = 0;
     }
-    cached_count = 0;
 }
 
 void *pool_get(buffer_pool *p)

@@ -4,9 +4,13 @@
 #ifndef SSEGATE_ARENA_H
 #define SSEGATE_ARENA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
-enum { ARENA_BLOCK_SIZE = 16 * 1024 };
+/* Two block sizes, each with its own cache: a small arena starts in one
+ * small block (a page with its header), so what a long-held request keeps
+ * costs a page, and goes on in standard blocks once that is full. */
+enum { ARENA_BLOCK_SIZE = 16 * 1024, ARENA_SMALL_BLOCK = 4096 - 64 };
 
 typedef struct arena_block arena_block;
 
@@ -14,9 +18,11 @@ typedef struct arena {
     arena_block *head; /* newest block first */
     size_t used;       /* bytes used in head */
     size_t total;      /* bytes handed out since the last reset */
+    bool small;        /* the first block is a small one */
 } arena;
 
 void arena_init(arena *a);
+void arena_init_small(arena *a);
 /* Returns 16-byte aligned memory, or NULL when the process is out of memory. */
 void *arena_alloc(arena *a, size_t size);
 /* Gives every block back; the arena can be used again. */
@@ -34,7 +40,9 @@ void arena_rewind(arena *a, arena_mark m);
 char *arena_strndup(arena *a, const char *s, size_t len);
 
 /* Fixed-size buffers: pool_get returns one of `size` bytes (NULL on OOM);
- * pool_put takes it back. One pool per buffer size. */
+ * pool_put takes it back, keeping at most max_free for reuse (what is kept
+ * stays resident, so that bound is what an idle process holds). One pool
+ * per buffer size. */
 typedef struct buffer_pool {
     size_t size;
     void *free_list;
