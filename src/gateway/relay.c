@@ -24,7 +24,36 @@ typedef enum relay_state {
 
 #define EVENT_TOO_LARGE "upstream sent an event larger than --max-event"
 
-enum { HEARTBEAT_MS = 15000, REQUEST_HEAD_MAX = 16 * 1024, RESPONSE_HEAD_MAX = 16 * 1024 };
+enum {
+    HEARTBEAT_MS = 15000,
+    RESPONSE_HEAD_MAX = 16 * 1024,
+    /* Room for the fixed lines a head gets besides the headers it copies
+     * (status or request line, framing, ids, Connection: about 230 bytes),
+     * and for the caller's x-ratelimit-* lines (about 380). */
+    HEAD_FIXED_ROOM = 320,
+    LIMIT_HEADERS_ROOM = 512,
+};
+
+/* strlen, for a string that may be absent */
+static size_t len_or_0(const char *s) { return s ? strlen(s) : 0; }
+
+/* A head copies some of `count` headers from one of `head_len` bytes: each
+ * line "name:value\n" becomes at most two bytes longer ("name: value\r\n"). */
+static size_t copied_head_room(size_t head_len, size_t count) { return head_len + 2 * count + HEAD_FIXED_ROOM; }
+
+
+/* What a relay keeps of the answer's head. The parsed head with its
+ * header array is the reactor's one scratch (head_scratch), valid while
+ * the head is handled: a held stream does not carry 3 KiB of headers. */
+typedef struct answer_facts {
+    int status;
+    size_t head_len;
+    http_body_kind body_kind;
+    uint64_t content_length;
+    bool keep_alive;
+} answer_facts;
+
+static http_response head_scratch;
 
 struct relay {
     relay_state state;
@@ -62,12 +91,16 @@ struct relay {
     size_t len;               /* bytes in buf */
     size_t dec_start, dec_end;/* decoded body bytes not yet relayed */
     size_t raw_start;         /* first byte not yet decoded */
-    http_response res;
+    answer_facts res;
+    const http_response *head; /* head_scratch, while the head is handled */
     http_chunked chunked;
     uint64_t body_left;       /* Content-Length still to come */
     bool body_complete, upstream_reusable, head_sent, saw_done, client_wants_usage;
     bool terminated; /* the client's chunked body has its last chunk */
     bool client_chunked; /* HTTP/1.1 client: chunked bodies; else close-delimited */
+    /* what the relay needs of the client's request once its head is gone
+     * (the server releases it when the answer's first byte went out) */
+    bool client_keep_alive, client_head_method, models_path, up_chunked;
     sse_parser sse;
     slice client_head;        /* response head waiting to go out with the first bytes */
     secrets secrets;          /* masked in whatever the upstream echoes */
@@ -374,10 +407,16 @@ static int build_request(relay *r)
     const http_request *h = r->req->http;
     const upstream_target *t = &r->u->target;
     const upstream_def *d = r->u->def;
-    char *mem = arena_alloc(r->arena, REQUEST_HEAD_MAX);
+    const config *cfg = r->env->cfg;
+    const char *org = d->org ? d->org : cfg->upstream_org, *project = d->project ? d->project : cfg->upstream_project;
+    /* sized to the head at hand: the arena's blocks stay small and cached */
+    size_t cap = copied_head_room(h->head_len, h->header_count) + strlen(t->base.path) +
+                 strlen(t->base.host_header) + len_or_0(t->auth_header) + len_or_0(org) + len_or_0(project) +
+                 r->req->traceparent.len + r->req->req_id.len;
+    char *mem = arena_alloc(r->arena, cap);
     if (!mem)
         return -1;
-    wbuf b = wbuf_over(mem, REQUEST_HEAD_MAX);
+    wbuf b = wbuf_over(mem, cap);
     slice target = h->target;
     if (slice_starts_with(target, SLICE_LIT("/v1")) && (target.len == 3 || target.ptr[3] == '/' || target.ptr[3] == '?')) {
         target.ptr += 3;
@@ -405,8 +444,6 @@ static int build_request(relay *r)
         wbuf_put_slice(&b, h->headers[i].value);
         wbuf_puts(&b, "\r\n");
     }
-    const config *cfg = r->env->cfg;
-    const char *org = d->org ? d->org : cfg->upstream_org, *project = d->project ? d->project : cfg->upstream_project;
     if (org) {
         wbuf_puts(&b, "OpenAI-Organization: ");
         wbuf_puts(&b, org);
@@ -480,10 +517,13 @@ static bool relayed_response_header(const relay *r, slice name, bool stream)
 
 static int build_client_head(relay *r, bool stream)
 {
-    char *mem = arena_alloc(r->arena, RESPONSE_HEAD_MAX + 512);
+    const http_response *head = r->head;
+    size_t cap = copied_head_room(head->head_len, head->header_count) + r->req->req_id.len +
+                 (r->limited ? LIMIT_HEADERS_ROOM : 0);
+    char *mem = arena_alloc(r->arena, cap);
     if (!mem)
         return -1;
-    wbuf b = wbuf_over(mem, RESPONSE_HEAD_MAX + 512);
+    wbuf b = wbuf_over(mem, cap);
     wbuf_puts(&b, "HTTP/1.1 ");
     wbuf_put_u64(&b, (uint64_t)r->res.status);
     wbuf_put_char(&b, ' ');
@@ -492,8 +532,8 @@ static int build_client_head(relay *r, bool stream)
     if (stream)
         wbuf_puts(&b, "Content-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
                       "X-Accel-Buffering: no\r\n");
-    for (size_t i = 0; i < r->res.header_count; i++) {
-        const http_header *hd = &r->res.headers[i];
+    for (size_t i = 0; i < head->header_count; i++) {
+        const http_header *hd = &head->headers[i];
         if (!relayed_response_header(r, hd->name, stream))
             continue;
         scrub((char *)hd->value.ptr, hd->value.len, &r->secrets); /* the value lies in our read buffer */
@@ -506,7 +546,7 @@ static int build_client_head(relay *r, bool stream)
     wbuf_put_slice(&b, r->req->req_id);
     if (r->limited)
         limits_write_headers(&b, &r->verdict);
-    bool is_head = r->req->http->method == HTTP_HEAD;
+    bool is_head = r->client_head_method;
     bool close_delimited = false;
     if (!stream && r->res.body_kind == HTTP_BODY_LENGTH) {
         wbuf_puts(&b, "\r\nContent-Length: ");
@@ -518,9 +558,9 @@ static int build_client_head(relay *r, bool stream)
     } else {
         close_delimited = true; /* HTTP/1.0 has no chunks: the end is the close */
     }
-    if (!r->req->http->keep_alive || close_delimited)
+    if (!r->client_keep_alive || close_delimited)
         wbuf_puts(&b, "\r\nConnection: close");
-    else if (r->req->http->minor_version == 0)
+    else if (!r->client_chunked)
         wbuf_puts(&b, "\r\nConnection: keep-alive");
     wbuf_puts(&b, "\r\n\r\n");
     if (b.overflow)
@@ -701,7 +741,7 @@ static int relay_events(relay *r, bool at_eof, bool last)
 static int relay_passthrough(relay *r, bool last)
 {
     slice piece = {r->buf + r->dec_start, r->dec_end - r->dec_start};
-    bool framed = r->client_chunked && r->res.body_kind != HTTP_BODY_LENGTH && r->req->http->method != HTTP_HEAD;
+    bool framed = r->client_chunked && r->res.body_kind != HTTP_BODY_LENGTH && !r->client_head_method;
     struct iovec iov[5];
     size_t n = 0;
     char size_line[18];
@@ -757,7 +797,7 @@ static void end_of_answer(relay *r)
     }
     bool stream = r->state == RELAY_STREAM;
     bool unsized = r->res.body_kind != HTTP_BODY_LENGTH && r->res.body_kind != HTTP_BODY_NONE &&
-                   r->req->http->method != HTTP_HEAD;
+                   !r->client_head_method;
     r->upstream_reusable = r->res.keep_alive && r->body_complete && r->raw_start == r->len;
     if ((stream || unsized) && r->client_chunked && !r->terminated) {
         struct iovec end = {(void *)"0\r\n\r\n", 5};
@@ -766,7 +806,7 @@ static void end_of_answer(relay *r)
     }
     r->req->record->status = r->res.status;
     /* Without chunks, a body of unknown length ends by closing. */
-    finish(r, r->req->http->keep_alive && (r->client_chunked || !(stream || unsized)));
+    finish(r, r->client_keep_alive && (r->client_chunked || !(stream || unsized)));
 }
 
 /* Reads the usage of a JSON answer that stayed whole in buf. */
@@ -790,7 +830,7 @@ static void note_first_model(relay *r)
 
 static void read_answer_usage(relay *r)
 {
-    if (r->res.status == 200 && slice_eq(r->req->http->path, SLICE_LIT("/v1/models")))
+    if (r->res.status == 200 && r->models_path)
         note_first_model(r);
     arena_mark mark = arena_mark_now(r->arena);
     json_chunk_info info;
@@ -805,7 +845,7 @@ static void read_answer_usage(relay *r)
 /* A Retry-After worth passing on: digits only. */
 static void copy_retry_after(const relay *r, wbuf *b)
 {
-    const http_header *h = http_find_header(r->res.headers, r->res.header_count, SLICE_LIT("retry-after"));
+    const http_header *h = http_find_header(r->head->headers, r->head->header_count, SLICE_LIT("retry-after"));
     uint64_t v;
     if (h && slice_to_u64(h->value, 86400, &v)) {
         wbuf_puts(b, "\r\nRetry-After: ");
@@ -818,6 +858,14 @@ static void copy_retry_after(const relay *r, wbuf *b)
  * becomes §6 JSON with the same status, its start kept for the log. */
 static void answer_error_body(relay *r, bool complete)
 {
+    /* The head still lies at the buffer's start (an error body is held
+     * whole, never compacted); the scratch may hold another's by now. */
+    if (http_parse_response(r->buf, r->res.head_len, RESPONSE_HEAD_MAX, r->client_head_method, &head_scratch) !=
+        HTTP_PARSE_DONE) {
+        fail(r, 502, "upstream response head too large", "upstream_protocol_error");
+        return;
+    }
+    r->head = &head_scratch;
     char *body = r->buf + r->dec_start;
     size_t len = r->dec_end - r->dec_start;
     scrub(body, len, &r->secrets);
@@ -933,7 +981,7 @@ static void retry_after(relay *r, uint64_t delay_ms, int status, const char *mes
 static bool retry_answer(relay *r, int status)
 {
     retry_hints hints;
-    retry_hints_read(r->res.headers, r->res.header_count, &hints);
+    retry_hints_read(r->head->headers, r->head->header_count, &hints);
     if (hints.should_retry == 0 || !may_retry(r))
         return false;
     uint64_t delay = retry_delay_ms(r->retries, &hints, retry_rng_next(r->env->rng));
@@ -952,8 +1000,8 @@ static bool retry_answer(relay *r, int status)
 /* Returns false once the relay has ended. */
 static bool process_head(relay *r)
 {
-    http_parse_result pr = http_parse_response(r->buf, r->len, RESPONSE_HEAD_MAX, r->req->http->method == HTTP_HEAD,
-                                               &r->res);
+    http_response *head = &head_scratch;
+    http_parse_result pr = http_parse_response(r->buf, r->len, RESPONSE_HEAD_MAX, r->client_head_method, head);
     if (pr == HTTP_PARSE_INCOMPLETE) {
         if (r->len == RELAY_READ_BUFFER) {
             fail(r, 502, "upstream response head too large", "upstream_protocol_error");
@@ -965,17 +1013,20 @@ static bool process_head(relay *r)
         char msg[160];
         wbuf b = wbuf_over(msg, sizeof msg - 1);
         wbuf_puts(&b, "upstream protocol error: ");
-        wbuf_puts(&b, r->res.error ? r->res.error : "malformed response");
+        wbuf_puts(&b, head->error ? head->error : "malformed response");
         msg[b.len] = '\0';
         fail(r, 502, msg, "upstream_protocol_error");
         return false;
     }
-    if (r->res.status < 200) {
+    if (head->status < 200) {
         /* 1xx: drop it and wait for the real answer. */
-        memmove(r->buf, r->buf + r->res.head_len, r->len - r->res.head_len);
-        r->len -= r->res.head_len;
+        memmove(r->buf, r->buf + head->head_len, r->len - head->head_len);
+        r->len -= head->head_len;
         return r->len ? process_head(r) : true;
     }
+    r->head = head;
+    r->res = (answer_facts){.status = head->status, .head_len = head->head_len, .body_kind = head->body_kind,
+                            .content_length = head->content_length, .keep_alive = head->keep_alive};
     if (r->uploading) { /* the upstream answered early (e.g. 413): the rest of the body is not wanted */
         r->uploading = false;
         r->up_cut = true;
@@ -988,7 +1039,7 @@ static bool process_head(relay *r)
     metrics_ttfb(r->env->metrics, r->u->metrics_id, ttfb * 1000);
     if (upstream_is_tls(r->up) && !upstream_was_reused(r->up))
         metrics_tls_handshake(r->env->metrics, upstream_tls_resumed(r->up));
-    const http_header *up_id = http_find_header(r->res.headers, r->res.header_count, SLICE_LIT("x-request-id"));
+    const http_header *up_id = http_find_header(head->headers, head->header_count, SLICE_LIT("x-request-id"));
     if (up_id && up_id->value.len <= 128) /* copied: the read buffer goes back to its pool first */
         rec->upstream_req_id = slice_of(arena_strndup(r->arena, up_id->value.ptr, up_id->value.len));
     int status = r->res.status;
@@ -1009,8 +1060,8 @@ static bool process_head(relay *r)
         fail(r, 502, msg, "upstream_auth_error");
         return false;
     }
-    bool has_body = r->res.body_kind != HTTP_BODY_NONE && r->req->http->method != HTTP_HEAD;
-    bool stream = is_event_stream(r->res.content_type) && r->res.body_kind != HTTP_BODY_NONE;
+    bool has_body = r->res.body_kind != HTTP_BODY_NONE && !r->client_head_method;
+    bool stream = is_event_stream(head->content_type) && r->res.body_kind != HTTP_BODY_NONE;
     r->body_left = r->res.content_length;
     r->dec_start = r->dec_end = r->raw_start = r->res.head_len;
     r->body_complete = r->res.body_kind == HTTP_BODY_NONE ||
@@ -1024,7 +1075,7 @@ static bool process_head(relay *r)
         return false;
     }
     r->state = stream ? RELAY_STREAM : RELAY_BODY;
-    if (stream && status == 200 && r->req->tap && r->req->tap->begin(r->req->tap_ctx, &r->res)) {
+    if (stream && status == 200 && r->req->tap && r->req->tap->begin(r->req->tap_ctx, head)) {
         r->tapped = true;
         r->head_sent = true; /* from here on the stream is the tap's: no retry */
     }
@@ -1033,8 +1084,8 @@ static bool process_head(relay *r)
         metrics_gauge_streams(r->env->metrics, 1);
         loop_timer_arm(r->env->loop, &r->heartbeat, HEARTBEAT_MS, on_heartbeat, r);
     } else {
-        r->retain = status < 300 && has_body && r->res.content_type.len >= 16 &&
-                    slice_eq_nocase((slice){r->res.content_type.ptr, 16}, SLICE_LIT("application/json"));
+        r->retain = status < 300 && has_body && head->content_type.len >= 16 &&
+                    slice_eq_nocase((slice){head->content_type.ptr, 16}, SLICE_LIT("application/json"));
         r->body_start = r->res.head_len;
     }
     return process_body(r, false);
@@ -1508,14 +1559,20 @@ relay *relay_start(const relay_env *env, arena *a, relay_request *req, const rel
     /* slot 0: the upstream key of the attempt under way; slot 1: the caller's own */
     r->secrets.count = 2;
     r->secrets.item[0] = r->secrets.item[1] = (slice){"", 0};
-    if (req->caller)
-        r->secrets.item[1] = req->caller->presented;
+    if (req->caller && req->caller->presented.len) { /* copied: the client's head goes before the stream ends */
+        char *key = arena_strndup(a, req->caller->presented.ptr, req->caller->presented.len);
+        r->secrets.item[1] = key ? (slice){key, req->caller->presented.len} : req->caller->presented;
+    }
     r->arena = a;
     r->req = req;
     r->sink = sink;
     r->client = client;
     r->started_ms = loop_now_ms(env->loop);
     r->client_chunked = req->http->minor_version >= 1;
+    r->client_keep_alive = req->http->keep_alive;
+    r->client_head_method = req->http->method == HTTP_HEAD;
+    r->models_path = slice_eq(req->http->path, SLICE_LIT("/v1/models"));
+    r->up_chunked = req->http->body_kind == HTTP_BODY_CHUNKED;
     access_record *rec = req->record;
     rec->upstream = (slice){NULL, 0};
     rec->ttfb_ms = -1;
@@ -1608,7 +1665,7 @@ static size_t upload_take(relay *r, const char *data, size_t len, bool last)
         r->up_len -= r->up_off;
         r->up_off = 0;
     }
-    bool chunked = r->req->http->body_kind == HTTP_BODY_CHUNKED;
+    bool chunked = r->up_chunked;
     size_t room = RELAY_READ_BUFFER - r->up_len;
     size_t framing = chunked ? 18 + 2 + 5 : 0; /* size line, CRLF, and the last chunk */
     size_t take = room > framing ? room - framing : 0;
