@@ -7,10 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* Two block sizes, each with its own cache: a small arena starts in one
- * small block (a page with its header), so what a long-held request keeps
- * costs a page, and goes on in standard blocks once that is full. */
-enum { ARENA_BLOCK_SIZE = 16 * 1024, ARENA_SMALL_BLOCK = 4096 - 64 };
+enum { ARENA_BLOCK_SIZE = 16 * 1024 };
 
 typedef struct arena_block arena_block;
 
@@ -18,11 +15,15 @@ typedef struct arena {
     arena_block *head; /* newest block first */
     size_t used;       /* bytes used in head */
     size_t total;      /* bytes handed out since the last reset */
-    bool small;        /* the first block is a small one */
+    arena_block *own;  /* the caller's memory, used first and never freed */
 } arena;
 
 void arena_init(arena *a);
-void arena_init_small(arena *a);
+/* An arena that starts in the caller's `size` bytes at `mem` (16-byte
+ * aligned, at least ARENA_OWN_MIN): small requests use no block at all,
+ * bigger ones go on in standard blocks. `mem` outlives the arena. */
+enum { ARENA_OWN_MIN = 64 };
+void arena_init_over(arena *a, void *mem, size_t size);
 /* Returns 16-byte aligned memory, or NULL when the process is out of memory. */
 void *arena_alloc(arena *a, size_t size);
 /* Gives every block back; the arena can be used again. */
@@ -42,11 +43,14 @@ char *arena_strndup(arena *a, const char *s, size_t len);
 /* Fixed-size buffers: pool_get returns one of `size` bytes (NULL on OOM);
  * pool_put takes it back, keeping at most max_free for reuse (what is kept
  * stays resident, so that bound is what an idle process holds). One pool
- * per buffer size. */
+ * per buffer size. `mapped`: buffers are pages of their own (size a
+ * multiple of the page size), so one given back past max_free leaves the
+ * process at once, whatever the allocator keeps. */
 typedef struct buffer_pool {
     size_t size;
     void *free_list;
     size_t free_count, max_free;
+    bool mapped;
 } buffer_pool;
 
 void *pool_get(buffer_pool *p);

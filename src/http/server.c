@@ -39,6 +39,7 @@ enum {
     TRACEPARENT_LEN = 55, /* 00-<32 hex>-<16 hex>-<2 hex> */
     LINGER_MS = 1000,
     REFUSAL_SLOTS = 64, /* connections past --max-conns that still get a polite 503 */
+    REQUEST_PAGE = 4096, /* a client_req and, after it, the start of its arena */
 };
 
 typedef enum client_state {
@@ -102,7 +103,12 @@ typedef struct client_req {
     uint64_t up_remaining;/* Content-Length still to read */
     uint64_t up_total;
     uint64_t started_ms;
+    /* The rest of the page: where `arena` starts, so the relay and what a
+     * held stream keeps cost no block (and a page, given back, leaves). */
+    _Alignas(16) unsigned char mem[];
 } client_req;
+
+_Static_assert(sizeof(client_req) + 2048 <= REQUEST_PAGE, "a request page leaves room for its relay");
 
 /* A connection: what it holds between requests is this struct alone. */
 struct client {
@@ -423,7 +429,7 @@ static bool begin_request(client *c)
         return false;
     memset(q, 0, sizeof *q);
     arena_init(&q->head_mem);
-    arena_init_small(&q->arena); /* a held stream keeps a page of it */
+    arena_init_over(&q->arena, q->mem, REQUEST_PAGE - sizeof *q);
     q->http = arena_alloc(&q->head_mem, sizeof *q->http);
     if (!q->http) {
         pool_put(&c->srv->requests, q);
@@ -1518,20 +1524,17 @@ static void on_accept(void *ctx, uint32_t events)
         bool over_capacity = s->conn_count >= s->cfg->max_conns;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        /* The input buffer comes with the first bytes (read_input): a
+         * connection that sends nothing holds this struct alone. */
         client *c = calloc(1, sizeof *c);
-        char *in = pool_get(&s->in_buffers);
-        if (!c || !in) {
-            free(c);
-            pool_put(&s->in_buffers, in);
+        if (!c) {
             close(fd);
             continue;
         }
         c->srv = s;
         c->fd = fd;
-        c->in = in;
         c->state = CLIENT_READING_HEAD;
         if (loop_io_add(s->loop, &c->io, fd, EPOLLIN | EPOLLRDHUP, on_client_io, c) != 0) {
-            pool_put(&s->in_buffers, in);
             free(c);
             close(fd);
             continue;
@@ -1586,10 +1589,10 @@ server *server_new(loop *l, const config *cfg, generation *gen, metrics *m, cons
     /* What is kept for reuse stays resident: enough for a busy moment's
      * requests to do no malloc, little enough for an idle server. The read
      * buffer is taken only while a read is handled, so few are in use. */
-    s->in_buffers = (buffer_pool){.size = IN_BUFFER, .max_free = 32};
-    s->out_buffers = (buffer_pool){.size = OUT_BUFFER, .max_free = 4};
-    s->read_buffers = (buffer_pool){.size = RELAY_READ_BUFFER, .max_free = 8};
-    s->requests = (buffer_pool){.size = sizeof(client_req), .max_free = 64};
+    s->in_buffers = (buffer_pool){.size = IN_BUFFER, .max_free = 16, .mapped = true};
+    s->out_buffers = (buffer_pool){.size = OUT_BUFFER, .max_free = 2, .mapped = true};
+    s->read_buffers = (buffer_pool){.size = RELAY_READ_BUFFER, .max_free = 4, .mapped = true};
+    s->requests = (buffer_pool){.size = REQUEST_PAGE, .max_free = 16, .mapped = true};
     s->env = (relay_env){.loop = l, .cfg = cfg, .read_buffers = &s->read_buffers, .metrics = m, .rng = &s->rng};
     if (getrandom(&s->id_state, sizeof s->id_state, 0) != (ssize_t)sizeof s->id_state)
         s->id_state = (uint64_t)getpid() * 0x9e3779b97f4a7c15u;
