@@ -11,6 +11,7 @@
 #include "gateway/sse.h"
 #include "core/wbuf.h"
 #include "gateway/evbuf.h"
+#include "gateway/relay_head.h"
 
 typedef enum relay_state {
     RELAY_CONNECTING,
@@ -24,23 +25,7 @@ typedef enum relay_state {
 
 #define EVENT_TOO_LARGE "upstream sent an event larger than --max-event"
 
-enum {
-    HEARTBEAT_MS = 15000,
-    RESPONSE_HEAD_MAX = 16 * 1024,
-    /* Room for the fixed lines a head gets besides the headers it copies
-     * (status or request line, framing, ids, Connection: about 230 bytes),
-     * and for the caller's x-ratelimit-* lines (about 380). */
-    HEAD_FIXED_ROOM = 320,
-    LIMIT_HEADERS_ROOM = 512,
-};
-
-/* strlen, for a string that may be absent */
-static size_t len_or_0(const char *s) { return s ? strlen(s) : 0; }
-
-/* A head copies some of `count` headers from one of `head_len` bytes: each
- * line "name:value\n" becomes at most two bytes longer ("name: value\r\n"). */
-static size_t copied_head_room(size_t head_len, size_t count) { return head_len + 2 * count + HEAD_FIXED_ROOM; }
-
+enum { HEARTBEAT_MS = 15000, RESPONSE_HEAD_MAX = 16 * 1024 };
 
 /* What a relay keeps of the answer's head. The parsed head with its
  * header array is the reactor's one scratch (head_scratch), valid while
@@ -381,83 +366,10 @@ static void on_heartbeat(void *ctx)
 
 /* ---- building the upstream request ---- */
 
-static bool forwardable(const http_request *h, slice name)
-{
-    /* Replaced by the gateway's own, or credentials and choices that are
-     * the server's to make (which organisation its key acts for). */
-    static const char *const replaced[] = {"host",         "authorization",       "x-api-key",
-                                           "api-key",      "accept-encoding",     "x-request-id",
-                                           "expect",       "openai-organization", "openai-project",
-                                           "traceparent"};
-    if (http_is_hop_by_hop(name))
-        return false;
-    for (size_t i = 0; i < sizeof replaced / sizeof replaced[0]; i++)
-        if (slice_eq_nocase(name, slice_of(replaced[i])))
-            return false;
-    /* Headers the client named in Connection are hop-by-hop too. */
-    for (size_t i = 0; i < h->header_count; i++)
-        if (slice_eq_nocase(h->headers[i].name, SLICE_LIT("connection")) &&
-            http_list_has_token(h->headers[i].value, name))
-            return false;
-    return true;
-}
-
 static int build_request(relay *r)
 {
-    const http_request *h = r->req->http;
-    const upstream_target *t = &r->u->target;
     const upstream_def *d = r->u->def;
     const config *cfg = r->env->cfg;
-    const char *org = d->org ? d->org : cfg->upstream_org, *project = d->project ? d->project : cfg->upstream_project;
-    /* sized to the head at hand: the arena's blocks stay small and cached */
-    size_t cap = copied_head_room(h->head_len, h->header_count) + strlen(t->base.path) +
-                 strlen(t->base.host_header) + len_or_0(t->auth_header) + len_or_0(org) + len_or_0(project) +
-                 r->req->traceparent.len + r->req->req_id.len;
-    char *mem = arena_alloc(r->arena, cap);
-    if (!mem)
-        return -1;
-    wbuf b = wbuf_over(mem, cap);
-    slice target = h->target;
-    if (slice_starts_with(target, SLICE_LIT("/v1")) && (target.len == 3 || target.ptr[3] == '/' || target.ptr[3] == '?')) {
-        target.ptr += 3;
-        target.len -= 3;
-    }
-    wbuf_put_slice(&b, h->method_name);
-    wbuf_put_char(&b, ' ');
-    wbuf_puts(&b, t->base.path);
-    if (target.len == 0 || target.ptr[0] == '?')
-        wbuf_put_char(&b, '/');
-    wbuf_put_slice(&b, target);
-    wbuf_puts(&b, " HTTP/1.1\r\nHost: ");
-    wbuf_puts(&b, t->base.host_header);
-    wbuf_puts(&b, "\r\n");
-    if (t->auth_header) {
-        wbuf_puts(&b, "Authorization: ");
-        wbuf_puts(&b, t->auth_header);
-        wbuf_puts(&b, "\r\n");
-    }
-    for (size_t i = 0; i < h->header_count; i++) {
-        if (!forwardable(h, h->headers[i].name))
-            continue;
-        wbuf_put_slice(&b, h->headers[i].name);
-        wbuf_puts(&b, ": ");
-        wbuf_put_slice(&b, h->headers[i].value);
-        wbuf_puts(&b, "\r\n");
-    }
-    if (org) {
-        wbuf_puts(&b, "OpenAI-Organization: ");
-        wbuf_puts(&b, org);
-        wbuf_puts(&b, "\r\n");
-    }
-    if (project) {
-        wbuf_puts(&b, "OpenAI-Project: ");
-        wbuf_puts(&b, project);
-        wbuf_puts(&b, "\r\n");
-    }
-    wbuf_puts(&b, "Accept-Encoding: identity\r\ntraceparent: ");
-    wbuf_put_slice(&b, r->req->traceparent);
-    wbuf_puts(&b, "\r\nX-Request-Id: ");
-    wbuf_put_slice(&b, r->req->req_id);
     /* the body's edits, in order: an alias's model, the usage switch */
     const json_edit *edits[2] = {&r->model_edit, &r->info.usage_edit};
     if (edits[0]->active && edits[1]->active && edits[1]->at < edits[0]->at) {
@@ -468,19 +380,20 @@ static int build_request(relay *r)
     for (size_t i = 0; i < 2; i++)
         if (edits[i]->active)
             body_len = body_len - edits[i]->remove + edits[i]->insert.len;
-    if (r->req->upload) { /* framed as the client framed it */
-        if (h->body_kind == HTTP_BODY_CHUNKED) {
-            wbuf_puts(&b, "\r\nTransfer-Encoding: chunked");
-        } else {
-            wbuf_puts(&b, "\r\nContent-Length: ");
-            wbuf_put_u64(&b, h->content_length);
-        }
-    } else if (body_len || h->method == HTTP_POST || h->method == HTTP_PUT || h->method == HTTP_PATCH) {
-        wbuf_puts(&b, "\r\nContent-Length: ");
-        wbuf_put_u64(&b, body_len);
-    }
-    wbuf_puts(&b, "\r\n\r\n");
-    if (b.overflow)
+    request_head_spec spec = {.http = r->req->http,
+                              .target = &r->u->target,
+                              .org = d->org ? d->org : cfg->upstream_org,
+                              .project = d->project ? d->project : cfg->upstream_project,
+                              .traceparent = r->req->traceparent,
+                              .req_id = r->req->req_id,
+                              .upload = r->req->upload,
+                              .body_len = body_len};
+    size_t cap = relay_request_head_room(&spec);
+    char *mem = arena_alloc(r->arena, cap);
+    if (!mem)
+        return -1;
+    wbuf b = wbuf_over(mem, cap);
+    if (!relay_write_request_head(&b, &spec))
         return -1;
 
     const char *body = r->req->body;
@@ -503,67 +416,25 @@ static int build_request(relay *r)
 
 /* ---- the client's answer head ---- */
 
-static bool relayed_response_header(const relay *r, slice name, bool stream)
-{
-    if (http_is_hop_by_hop(name) || slice_eq_nocase(name, SLICE_LIT("x-request-id")))
-        return false;
-    /* the caller's own limits speak for themselves, not the server key's */
-    if (r->limited && name.len > 12 && slice_eq_nocase((slice){name.ptr, 12}, SLICE_LIT("x-ratelimit-")))
-        return false;
-    if (stream && (slice_eq_nocase(name, SLICE_LIT("content-type")) || slice_eq_nocase(name, SLICE_LIT("cache-control"))))
-        return false;
-    return true;
-}
-
 static int build_client_head(relay *r, bool stream)
 {
-    const http_response *head = r->head;
-    size_t cap = copied_head_room(head->head_len, head->header_count) + r->req->req_id.len +
-                 (r->limited ? LIMIT_HEADERS_ROOM : 0);
+    answer_head_spec spec = {.head = r->head,
+                             .status = r->res.status,
+                             .body_kind = r->res.body_kind,
+                             .content_length = r->res.content_length,
+                             .stream = stream,
+                             .head_method = r->client_head_method,
+                             .client_chunked = r->client_chunked,
+                             .keep_alive = r->client_keep_alive,
+                             .req_id = r->req->req_id,
+                             .limits = r->limited ? &r->verdict : NULL,
+                             .secrets = &r->secrets};
+    size_t cap = relay_answer_head_room(&spec);
     char *mem = arena_alloc(r->arena, cap);
     if (!mem)
         return -1;
     wbuf b = wbuf_over(mem, cap);
-    wbuf_puts(&b, "HTTP/1.1 ");
-    wbuf_put_u64(&b, (uint64_t)r->res.status);
-    wbuf_put_char(&b, ' ');
-    wbuf_puts(&b, http_reason(r->res.status));
-    wbuf_puts(&b, "\r\n");
-    if (stream)
-        wbuf_puts(&b, "Content-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
-                      "X-Accel-Buffering: no\r\n");
-    for (size_t i = 0; i < head->header_count; i++) {
-        const http_header *hd = &head->headers[i];
-        if (!relayed_response_header(r, hd->name, stream))
-            continue;
-        scrub((char *)hd->value.ptr, hd->value.len, &r->secrets); /* the value lies in our read buffer */
-        wbuf_put_slice(&b, hd->name);
-        wbuf_puts(&b, ": ");
-        wbuf_put_slice(&b, hd->value);
-        wbuf_puts(&b, "\r\n");
-    }
-    wbuf_puts(&b, "X-Request-Id: ");
-    wbuf_put_slice(&b, r->req->req_id);
-    if (r->limited)
-        limits_write_headers(&b, &r->verdict);
-    bool is_head = r->client_head_method;
-    bool close_delimited = false;
-    if (!stream && r->res.body_kind == HTTP_BODY_LENGTH) {
-        wbuf_puts(&b, "\r\nContent-Length: ");
-        wbuf_put_u64(&b, r->res.content_length);
-    } else if (is_head || r->res.body_kind == HTTP_BODY_NONE) {
-        wbuf_puts(&b, "\r\nContent-Length: 0");
-    } else if (r->client_chunked) {
-        wbuf_puts(&b, "\r\nTransfer-Encoding: chunked");
-    } else {
-        close_delimited = true; /* HTTP/1.0 has no chunks: the end is the close */
-    }
-    if (!r->client_keep_alive || close_delimited)
-        wbuf_puts(&b, "\r\nConnection: close");
-    else if (!r->client_chunked)
-        wbuf_puts(&b, "\r\nConnection: keep-alive");
-    wbuf_puts(&b, "\r\n\r\n");
-    if (b.overflow)
+    if (!relay_write_answer_head(&b, &spec))
         return -1;
     r->client_head = wbuf_slice(&b);
     return 0;
