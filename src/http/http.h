@@ -48,7 +48,7 @@ typedef struct http_request {
     http_method method;
     slice method_name, target, path, query;
     int minor_version; /* HTTP/1.x */
-    http_header headers[HTTP_MAX_HEADERS];
+    http_header headers[HTTP_MAX_HEADERS]; /* valid up to header_count; a new request clears the rest only */
     size_t header_count;
     size_t head_len; /* bytes of the head, request line to the blank line */
     http_body_kind body_kind;

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -435,7 +436,11 @@ static bool begin_request(client *c)
         pool_put(&c->srv->requests, q);
         return false;
     }
-    memset(q->http, 0, sizeof *q->http);
+    /* Everything but the header array, which the parser fills as far as
+     * header_count says: 3 KiB of zeros per request are not needed. */
+    http_request *h = q->http;
+    memset(h, 0, offsetof(http_request, headers));
+    memset(&h->header_count, 0, sizeof *h - offsetof(http_request, header_count));
     q->started_ms = loop_now_ms(c->srv->loop);
     q->record.ttfb_ms = -1;
     c->rq = q;
