@@ -827,6 +827,8 @@ static bool process_body(relay *r, bool at_eof)
     }
     evbuf_result er = evbuf_settle(&r->in, r->env->read_buffers, r->len, r->dec_end - r->dec_start,
                                    (size_t)r->env->cfg->max_event);
+    if (er == EVBUF_OK) /* the read buffer goes back; the partial event waits in a small one */
+        evbuf_park(&r->in, r->env->read_buffers, r->env->park, 2, r->len);
     r->buf = r->in.ptr;
     if (er == EVBUF_OK)
         return true;
@@ -1144,7 +1146,7 @@ static void read_answer(relay *r)
     do
         read_once(r);
     while (r->up && upstream_is_tls(r->up) && r->state >= RELAY_AWAIT_HEAD && r->state != RELAY_FINISHED &&
-           r->last_read > 0 && (!r->buf || r->len < r->in.cap) && r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER);
+           r->last_read > 0 && (!r->buf || r->in.parked || r->len < r->in.cap) && r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER);
 }
 
 static void read_once(relay *r)

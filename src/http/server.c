@@ -68,6 +68,7 @@ struct server {
     size_t conn_count, active_requests;
     client *clients; /* all connections, for draining and shutdown */
     buffer_pool in_buffers, out_buffers, read_buffers, requests;
+    buffer_pool park_small, park_large; /* an incomplete event's bytes between reads */
     loop_timer drain_timer;
     uint64_t id_state;
 };
@@ -1598,7 +1599,10 @@ server *server_new(loop *l, const config *cfg, generation *gen, metrics *m, cons
     s->out_buffers = (buffer_pool){.size = OUT_BUFFER, .max_free = 2, .mapped = true};
     s->read_buffers = (buffer_pool){.size = RELAY_READ_BUFFER, .max_free = 4, .mapped = true};
     s->requests = (buffer_pool){.size = REQUEST_PAGE, .max_free = 16, .mapped = true};
-    s->env = (relay_env){.loop = l, .cfg = cfg, .read_buffers = &s->read_buffers, .metrics = m, .rng = &s->rng};
+    s->park_small = (buffer_pool){.size = 1024, .max_free = 64};
+    s->park_large = (buffer_pool){.size = 8192, .max_free = 16, .mapped = true};
+    s->env = (relay_env){.loop = l, .cfg = cfg, .read_buffers = &s->read_buffers,
+                         .park = {&s->park_small, &s->park_large}, .metrics = m, .rng = &s->rng};
     if (getrandom(&s->id_state, sizeof s->id_state, 0) != (ssize_t)sizeof s->id_state)
         s->id_state = (uint64_t)getpid() * 0x9e3779b97f4a7c15u;
     retry_rng_seed(&s->rng, s->id_state ^ 0x5bd1e995u);
@@ -1675,5 +1679,7 @@ void server_free(server *s)
     pool_drain(&s->out_buffers);
     pool_drain(&s->read_buffers);
     pool_drain(&s->requests);
+    pool_drain(&s->park_small);
+    pool_drain(&s->park_large);
     free(s);
 }

@@ -124,3 +124,91 @@ def request_sent_during_a_stream_is_answered_after_it(ctx):
           'access line names %r %r' % (rec.get('method'), rec.get('path')))
     check(rec.get('model') == 'gpt-4o-mini', 'access line model %r' % rec.get('model'))
     check(rec.get('status') == 200, 'access line status %r' % rec.get('status'))
+
+
+# ---- events split across upstream reads ----
+
+DRIP_EVENTS = [('alpha', 2), ('beta-' * 20, 3), ('x' * 900, None), ('y' * 3000, 2)]  # (content, pieces; None: byte by byte)
+
+
+def drip_event(content):
+    chunk = {'id': 'chatcmpl-drip', 'object': 'chat.completion.chunk', 'created': 1, 'model': 'drip',
+             'choices': [{'index': 0, 'delta': {'content': content}, 'finish_reason': None}]}
+    return b'data: ' + json.dumps(chunk).encode() + b'\n\n'
+
+
+def drip_serve(conn):
+    """One upstream request: its events written in pieces, each a write of its own."""
+    try:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(10)
+        buf = b''
+        while b'\r\n\r\n' not in buf:
+            got = conn.recv(65536)
+            if not got:
+                return
+            buf += got
+        head, _, body = buf.partition(b'\r\n\r\n')
+        m = re.search(rb'(?i)\r\ncontent-length:\s*(\d+)', head)
+        want = int(m.group(1)) if m else 0
+        while len(body) < want:
+            got = conn.recv(65536)
+            if not got:
+                return
+            body += got
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n')
+        for content, pieces in DRIP_EVENTS:
+            ev = drip_event(content)
+            n = len(ev) if pieces is None else pieces
+            step = -(-len(ev) // n)
+            for i in range(0, len(ev), step):
+                conn.sendall(ev[i:i + step])
+                time.sleep(0.001 if pieces is None else 0.05)
+        conn.sendall(b'data: [DONE]\n\n')
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+_drip = {}
+
+
+def drip_upstream():
+    """A listening upstream that drips its events; started once."""
+    if 'port' not in _drip:
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(('127.0.0.1', 0))
+        srv.listen(16)
+
+        def accept_loop():
+            while True:
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    return
+                threading.Thread(target=drip_serve, args=(c,), daemon=True).start()
+        threading.Thread(target=accept_loop, daemon=True).start()
+        _drip['port'], _drip['sock'] = srv.getsockname()[1], srv
+    return _drip['port']
+
+
+@test(modes=('plain',), timeout=60)
+def events_split_across_reads_arrive_whole(ctx):
+    # An event split over 2, 3 and about a thousand upstream reads (and one
+    # of 3 KiB over 2): between reads its start waits in a small buffer,
+    # the read buffer going back, and the client gets every event whole.
+    port = drip_upstream()
+    gw = ctx.use(ctx.env._get(('gw', 'plain', 'footprint-drip'), lambda: Gateway(
+        ctx.env.args.gateway, 'gw-plain-footprint-drip', 'http://127.0.0.1:%d/v1' % port, None,
+        GW_ARGS + ['--idle-timeout', '30s'])))
+    head, st, c, _ = stream_chat(gw.port, timeout=30)
+    c.close()
+    check(st is not None, 'answered %d: %s' % (head.status, short(head.body)))
+    check(not st.errors(), 'error event: %s' % short(st.errors()[0][0]['data'] if st.errors() else ''))
+    want = ''.join(content for content, _ in DRIP_EVENTS)
+    check(st.content() == want, 'content %s, want %d bytes' % (short(st.content()), len(want)))
+    check(st.datas()[-1] == '[DONE]', 'last event %s' % short(st.datas()[-1]))
+    check(len([d for d in st.datas() if d != '[DONE]']) == len(DRIP_EVENTS),
+          '%d events, want %d' % (len(st.datas()) - 1, len(DRIP_EVENTS)))
