@@ -16,7 +16,7 @@ struct arena_block {
 /* Blocks kept for reuse: enough for the requests of a busy moment to do
  * no malloc, few enough that an idle process holds little (a cached block
  * stays resident). */
-enum { MAX_CACHED_BLOCKS = 16 };
+enum { MAX_CACHED_BLOCKS = 8 };
 
 static arena_block *cached_blocks;
 static size_t cached_count;

@@ -1595,10 +1595,10 @@ server *server_new(loop *l, const config *cfg, generation *gen, metrics *m, cons
     /* What is kept for reuse stays resident: enough for a busy moment's
      * requests to do no malloc, little enough for an idle server. The read
      * buffer is taken only while a read is handled, so few are in use. */
-    s->in_buffers = (buffer_pool){.size = IN_BUFFER, .max_free = 16, .mapped = true};
+    s->in_buffers = (buffer_pool){.size = IN_BUFFER, .max_free = 8, .mapped = true};
     s->out_buffers = (buffer_pool){.size = OUT_BUFFER, .max_free = 2, .mapped = true};
     s->read_buffers = (buffer_pool){.size = RELAY_READ_BUFFER, .max_free = 4, .mapped = true};
-    s->requests = (buffer_pool){.size = REQUEST_PAGE, .max_free = 16, .mapped = true};
+    s->requests = (buffer_pool){.size = REQUEST_PAGE, .max_free = 8, .mapped = true};
     s->park_small = (buffer_pool){.size = 1024, .max_free = 64};
     s->park_large = (buffer_pool){.size = 8192, .max_free = 16, .mapped = true};
     s->env = (relay_env){.loop = l, .cfg = cfg, .read_buffers = &s->read_buffers,
