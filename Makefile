@@ -200,3 +200,7 @@ fuzz: fuzz-build
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed (logs in build/fuzz/)"; exit 1; fi
 .PHONY: fuzz-build
+FUZZ_TARGETS += relay_head
+FUZZ_SRC_relay_head    := src/gateway/relay_head.c src/gateway/limits.c src/gateway/scrub.c src/http/http.c \
+                          src/upstream/url.c src/core/wbuf.c
+$(eval $(call FUZZ_RULE,relay_head))

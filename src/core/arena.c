@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* Requests larger than a block get a block of their own size, which becomes
  * the head; those are not cached, so a 4 MiB body does not pin 4 MiB forever. */
@@ -12,12 +13,23 @@ struct arena_block {
     _Alignas(16) unsigned char data[];
 };
 
-enum { MAX_CACHED_BLOCKS = 1024 };
+/* Blocks kept for reuse: enough for the requests of a busy moment to do
+ * no malloc, few enough that an idle process holds little (a cached block
+ * stays resident). */
+enum { MAX_CACHED_BLOCKS = 8 };
 
 static arena_block *cached_blocks;
 static size_t cached_count;
 
 void arena_init(arena *a) { *a = (arena){0}; }
+
+void arena_init_over(arena *a, void *mem, size_t size)
+{
+    arena_block *own = mem;
+    own->next = NULL;
+    own->cap = size - sizeof *own;
+    *a = (arena){.own = own};
+}
 
 static arena_block *block_new(size_t cap)
 {
@@ -35,8 +47,10 @@ static arena_block *block_new(size_t cap)
     return b;
 }
 
-static void block_free(arena_block *b)
+static void block_free(arena *a, arena_block *b)
 {
+    if (b == a->own)
+        return;
     if (b->cap == ARENA_BLOCK_SIZE && cached_count < MAX_CACHED_BLOCKS) {
         b->next = cached_blocks;
         cached_blocks = b;
@@ -53,7 +67,7 @@ void *arena_alloc(arena *a, size_t size)
         return NULL;
     if (!a->head || a->head->cap - a->used < need) {
         size_t cap = need > ARENA_BLOCK_SIZE ? need : ARENA_BLOCK_SIZE;
-        arena_block *b = block_new(cap);
+        arena_block *b = !a->head && a->own && need <= a->own->cap ? a->own : block_new(cap);
         if (!b)
             return NULL;
         b->next = a->head;
@@ -71,10 +85,10 @@ void arena_reset(arena *a)
     arena_block *b = a->head;
     while (b) {
         arena_block *next = b->next;
-        block_free(b);
+        block_free(a, b);
         b = next;
     }
-    *a = (arena){0};
+    *a = (arena){.own = a->own};
 }
 
 arena_mark arena_mark_now(const arena *a) { return (arena_mark){a->head, a->used, a->total}; }
@@ -84,7 +98,7 @@ void arena_rewind(arena *a, arena_mark m)
     /* Blocks newer than the mark sit in front of it. */
     while (a->head && a->head != m.head) {
         arena_block *next = a->head->next;
-        block_free(a->head);
+        block_free(a, a->head);
         a->head = next;
     }
     a->used = m.used;
@@ -111,6 +125,14 @@ void arena_release_cached(void)
     cached_count = 0;
 }
 
+static void pool_release(const buffer_pool *p, void *buf)
+{
+    if (p->mapped)
+        munmap(buf, p->size);
+    else
+        free(buf);
+}
+
 void *pool_get(buffer_pool *p)
 {
     if (p->free_list) {
@@ -119,7 +141,10 @@ void *pool_get(buffer_pool *p)
         p->free_count--;
         return buf;
     }
-    return malloc(p->size);
+    if (!p->mapped)
+        return malloc(p->size);
+    void *buf = mmap(NULL, p->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return buf == MAP_FAILED ? NULL : buf;
 }
 
 void pool_put(buffer_pool *p, void *buf)
@@ -127,7 +152,7 @@ void pool_put(buffer_pool *p, void *buf)
     if (!buf)
         return;
     if (p->free_count >= p->max_free) {
-        free(buf);
+        pool_release(p, buf);
         return;
     }
     memcpy(buf, &p->free_list, sizeof(void *));
@@ -140,7 +165,7 @@ void pool_drain(buffer_pool *p)
     while (p->free_list) {
         void *buf = p->free_list;
         memcpy(&p->free_list, buf, sizeof(void *));
-        free(buf);
+        pool_release(p, buf);
     }
     p->free_count = 0;
 }

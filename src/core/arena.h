@@ -4,6 +4,7 @@
 #ifndef SSEGATE_ARENA_H
 #define SSEGATE_ARENA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 enum { ARENA_BLOCK_SIZE = 16 * 1024 };
@@ -14,9 +15,15 @@ typedef struct arena {
     arena_block *head; /* newest block first */
     size_t used;       /* bytes used in head */
     size_t total;      /* bytes handed out since the last reset */
+    arena_block *own;  /* the caller's memory, used first and never freed */
 } arena;
 
 void arena_init(arena *a);
+/* An arena that starts in the caller's `size` bytes at `mem` (16-byte
+ * aligned, at least ARENA_OWN_MIN): small requests use no block at all,
+ * bigger ones go on in standard blocks. `mem` outlives the arena. */
+enum { ARENA_OWN_MIN = 64 };
+void arena_init_over(arena *a, void *mem, size_t size);
 /* Returns 16-byte aligned memory, or NULL when the process is out of memory. */
 void *arena_alloc(arena *a, size_t size);
 /* Gives every block back; the arena can be used again. */
@@ -34,11 +41,16 @@ void arena_rewind(arena *a, arena_mark m);
 char *arena_strndup(arena *a, const char *s, size_t len);
 
 /* Fixed-size buffers: pool_get returns one of `size` bytes (NULL on OOM);
- * pool_put takes it back. One pool per buffer size. */
+ * pool_put takes it back, keeping at most max_free for reuse (what is kept
+ * stays resident, so that bound is what an idle process holds). One pool
+ * per buffer size. `mapped`: buffers are pages of their own (size a
+ * multiple of the page size), so one given back past max_free leaves the
+ * process at once, whatever the allocator keeps. */
 typedef struct buffer_pool {
     size_t size;
     void *free_list;
     size_t free_count, max_free;
+    bool mapped;
 } buffer_pool;
 
 void *pool_get(buffer_pool *p);

@@ -5,6 +5,15 @@
 
 bool evbuf_acquire(evbuf *b, buffer_pool *pool)
 {
+    if (b->ptr && b->parked) {
+        char *p = pool_get(pool);
+        if (!p)
+            return false;
+        memcpy(p, b->ptr, b->held);
+        pool_put(b->parked, b->ptr);
+        *b = (evbuf){.ptr = p, .cap = pool->size};
+        return true;
+    }
     if (b->ptr)
         return true;
     b->ptr = pool_get(pool);
@@ -83,11 +92,30 @@ bool evbuf_reserve(evbuf *b, buffer_pool *pool, size_t used, size_t need, size_t
     return true;
 }
 
+void evbuf_park(evbuf *b, buffer_pool *pool, buffer_pool *const *small, size_t count, size_t used)
+{
+    if (!b->ptr || b->mapped || b->parked || used == 0)
+        return;
+    for (size_t i = 0; i < count; i++) {
+        if (!small[i] || small[i]->size <= used) /* a full one would look like no room to read into */
+            continue;
+        char *p = pool_get(small[i]);
+        if (!p)
+            return;
+        memcpy(p, b->ptr, used);
+        pool_put(pool, b->ptr);
+        *b = (evbuf){.ptr = p, .cap = small[i]->size, .parked = small[i], .held = used};
+        return;
+    }
+}
+
 void evbuf_release(evbuf *b, buffer_pool *pool)
 {
     if (!b->ptr)
         return;
-    if (b->mapped)
+    if (b->parked)
+        pool_put(b->parked, b->ptr);
+    else if (b->mapped)
         munmap(b->ptr, b->cap);
     else
         pool_put(pool, b->ptr);

@@ -11,6 +11,7 @@
 #include "gateway/sse.h"
 #include "core/wbuf.h"
 #include "gateway/evbuf.h"
+#include "gateway/relay_head.h"
 
 typedef enum relay_state {
     RELAY_CONNECTING,
@@ -24,7 +25,20 @@ typedef enum relay_state {
 
 #define EVENT_TOO_LARGE "upstream sent an event larger than --max-event"
 
-enum { HEARTBEAT_MS = 15000, REQUEST_HEAD_MAX = 16 * 1024, RESPONSE_HEAD_MAX = 16 * 1024 };
+enum { HEARTBEAT_MS = 15000, RESPONSE_HEAD_MAX = 16 * 1024 };
+
+/* What a relay keeps of the answer's head. The parsed head with its
+ * header array is the reactor's one scratch (head_scratch), valid while
+ * the head is handled: a held stream does not carry 3 KiB of headers. */
+typedef struct answer_facts {
+    int status;
+    size_t head_len;
+    http_body_kind body_kind;
+    uint64_t content_length;
+    bool keep_alive;
+} answer_facts;
+
+static http_response head_scratch;
 
 struct relay {
     relay_state state;
@@ -62,13 +76,17 @@ struct relay {
     size_t len;               /* bytes in buf */
     size_t dec_start, dec_end;/* decoded body bytes not yet relayed */
     size_t raw_start;         /* first byte not yet decoded */
-    http_response res;
+    answer_facts res;
+    const http_response *head; /* head_scratch, while the head is handled */
     http_chunked chunked;
     uint64_t body_left;       /* Content-Length still to come */
     bool body_complete, upstream_reusable, head_sent, saw_done, client_wants_usage;
     bool terminated; /* the client's chunked body has its last chunk */
     bool first_event_sent; /* the answer's first event is out, in a write of its own */
     bool client_chunked; /* HTTP/1.1 client: chunked bodies; else close-delimited */
+    /* what the relay needs of the client's request once its head is gone
+     * (the server releases it when the answer's first byte went out) */
+    bool client_keep_alive, client_head_method, models_path, up_chunked;
     sse_parser sse;
     slice client_head;        /* response head waiting to go out with the first bytes */
     secrets secrets;          /* masked in whatever the upstream echoes */
@@ -349,90 +367,10 @@ static void on_heartbeat(void *ctx)
 
 /* ---- building the upstream request ---- */
 
-static bool forwardable(const http_request *h, slice name)
-{
-    http_field f = http_field_of(name);
-    switch (f) {
-    case HTTP_FIELD_OTHER: break;
-    /* Replaced by the gateway's own, or credentials and choices that are
-     * the server's to make (which organisation its key acts for). */
-    case HTTP_FIELD_HOST:
-    case HTTP_FIELD_AUTHORIZATION:
-    case HTTP_FIELD_X_API_KEY:
-    case HTTP_FIELD_API_KEY:
-    case HTTP_FIELD_ACCEPT_ENCODING:
-    case HTTP_FIELD_X_REQUEST_ID:
-    case HTTP_FIELD_EXPECT:
-    case HTTP_FIELD_OPENAI_ORGANIZATION:
-    case HTTP_FIELD_OPENAI_PROJECT:
-    case HTTP_FIELD_TRACEPARENT: return false;
-    default:
-        if (http_field_is_hop_by_hop(f))
-            return false;
-        break;
-    }
-    /* Headers the client named in Connection are hop-by-hop too. */
-    if (!http_request_field(h, HTTP_FIELD_CONNECTION))
-        return true;
-    for (size_t i = 0; i < h->header_count; i++)
-        if (slice_eq_nocase(h->headers[i].name, SLICE_LIT("connection")) &&
-            http_list_has_token(h->headers[i].value, name))
-            return false;
-    return true;
-}
-
 static int build_request(relay *r)
 {
-    const http_request *h = r->req->http;
-    const upstream_target *t = &r->u->target;
     const upstream_def *d = r->u->def;
-    char *mem = arena_alloc(r->arena, REQUEST_HEAD_MAX);
-    if (!mem)
-        return -1;
-    wbuf b = wbuf_over(mem, REQUEST_HEAD_MAX);
-    slice target = h->target;
-    if (slice_starts_with(target, SLICE_LIT("/v1")) && (target.len == 3 || target.ptr[3] == '/' || target.ptr[3] == '?')) {
-        target.ptr += 3;
-        target.len -= 3;
-    }
-    wbuf_put_slice(&b, h->method_name);
-    wbuf_put_char(&b, ' ');
-    wbuf_puts(&b, t->base.path);
-    if (target.len == 0 || target.ptr[0] == '?')
-        wbuf_put_char(&b, '/');
-    wbuf_put_slice(&b, target);
-    wbuf_puts(&b, " HTTP/1.1\r\nHost: ");
-    wbuf_puts(&b, t->base.host_header);
-    wbuf_puts(&b, "\r\n");
-    if (t->auth_header) {
-        wbuf_puts(&b, "Authorization: ");
-        wbuf_puts(&b, t->auth_header);
-        wbuf_puts(&b, "\r\n");
-    }
-    for (size_t i = 0; i < h->header_count; i++) {
-        if (!forwardable(h, h->headers[i].name))
-            continue;
-        wbuf_put_slice(&b, h->headers[i].name);
-        wbuf_puts(&b, ": ");
-        wbuf_put_slice(&b, h->headers[i].value);
-        wbuf_puts(&b, "\r\n");
-    }
     const config *cfg = r->env->cfg;
-    const char *org = d->org ? d->org : cfg->upstream_org, *project = d->project ? d->project : cfg->upstream_project;
-    if (org) {
-        wbuf_puts(&b, "OpenAI-Organization: ");
-        wbuf_puts(&b, org);
-        wbuf_puts(&b, "\r\n");
-    }
-    if (project) {
-        wbuf_puts(&b, "OpenAI-Project: ");
-        wbuf_puts(&b, project);
-        wbuf_puts(&b, "\r\n");
-    }
-    wbuf_puts(&b, "Accept-Encoding: identity\r\ntraceparent: ");
-    wbuf_put_slice(&b, r->req->traceparent);
-    wbuf_puts(&b, "\r\nX-Request-Id: ");
-    wbuf_put_slice(&b, r->req->req_id);
     /* the body's edits, in order: an alias's model, the usage switch */
     const json_edit *edits[2] = {&r->model_edit, &r->info.usage_edit};
     if (edits[0]->active && edits[1]->active && edits[1]->at < edits[0]->at) {
@@ -443,19 +381,20 @@ static int build_request(relay *r)
     for (size_t i = 0; i < 2; i++)
         if (edits[i]->active)
             body_len = body_len - edits[i]->remove + edits[i]->insert.len;
-    if (r->req->upload) { /* framed as the client framed it */
-        if (h->body_kind == HTTP_BODY_CHUNKED) {
-            wbuf_puts(&b, "\r\nTransfer-Encoding: chunked");
-        } else {
-            wbuf_puts(&b, "\r\nContent-Length: ");
-            wbuf_put_u64(&b, h->content_length);
-        }
-    } else if (body_len || h->method == HTTP_POST || h->method == HTTP_PUT || h->method == HTTP_PATCH) {
-        wbuf_puts(&b, "\r\nContent-Length: ");
-        wbuf_put_u64(&b, body_len);
-    }
-    wbuf_puts(&b, "\r\n\r\n");
-    if (b.overflow)
+    request_head_spec spec = {.http = r->req->http,
+                              .target = &r->u->target,
+                              .org = d->org ? d->org : cfg->upstream_org,
+                              .project = d->project ? d->project : cfg->upstream_project,
+                              .traceparent = r->req->traceparent,
+                              .req_id = r->req->req_id,
+                              .upload = r->req->upload,
+                              .body_len = body_len};
+    size_t cap = relay_request_head_room(&spec);
+    char *mem = arena_alloc(r->arena, cap);
+    if (!mem)
+        return -1;
+    wbuf b = wbuf_over(mem, cap);
+    if (!relay_write_request_head(&b, &spec))
         return -1;
 
     const char *body = r->req->body;
@@ -478,65 +417,25 @@ static int build_request(relay *r)
 
 /* ---- the client's answer head ---- */
 
-static bool relayed_response_header(const relay *r, slice name, bool stream)
-{
-    http_field f = http_field_of(name);
-    if (http_field_is_hop_by_hop(f) || f == HTTP_FIELD_X_REQUEST_ID)
-        return false;
-    /* the caller's own limits speak for themselves, not the server key's */
-    if (r->limited && name.len > 12 && slice_eq_nocase((slice){name.ptr, 12}, SLICE_LIT("x-ratelimit-")))
-        return false;
-    if (stream && (f == HTTP_FIELD_CONTENT_TYPE || f == HTTP_FIELD_CACHE_CONTROL))
-        return false;
-    return true;
-}
-
 static int build_client_head(relay *r, bool stream)
 {
-    char *mem = arena_alloc(r->arena, RESPONSE_HEAD_MAX + 512);
+    answer_head_spec spec = {.head = r->head,
+                             .status = r->res.status,
+                             .body_kind = r->res.body_kind,
+                             .content_length = r->res.content_length,
+                             .stream = stream,
+                             .head_method = r->client_head_method,
+                             .client_chunked = r->client_chunked,
+                             .keep_alive = r->client_keep_alive,
+                             .req_id = r->req->req_id,
+                             .limits = r->limited ? &r->verdict : NULL,
+                             .secrets = &r->secrets};
+    size_t cap = relay_answer_head_room(&spec);
+    char *mem = arena_alloc(r->arena, cap);
     if (!mem)
         return -1;
-    wbuf b = wbuf_over(mem, RESPONSE_HEAD_MAX + 512);
-    wbuf_puts(&b, "HTTP/1.1 ");
-    wbuf_put_u64(&b, (uint64_t)r->res.status);
-    wbuf_put_char(&b, ' ');
-    wbuf_puts(&b, http_reason(r->res.status));
-    wbuf_puts(&b, "\r\n");
-    if (stream)
-        wbuf_puts(&b, "Content-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
-                      "X-Accel-Buffering: no\r\n");
-    for (size_t i = 0; i < r->res.header_count; i++) {
-        const http_header *hd = &r->res.headers[i];
-        if (!relayed_response_header(r, hd->name, stream))
-            continue;
-        scrub((char *)hd->value.ptr, hd->value.len, &r->secrets); /* the value lies in our read buffer */
-        wbuf_put_slice(&b, hd->name);
-        wbuf_puts(&b, ": ");
-        wbuf_put_slice(&b, hd->value);
-        wbuf_puts(&b, "\r\n");
-    }
-    wbuf_puts(&b, "X-Request-Id: ");
-    wbuf_put_slice(&b, r->req->req_id);
-    if (r->limited)
-        limits_write_headers(&b, &r->verdict);
-    bool is_head = r->req->http->method == HTTP_HEAD;
-    bool close_delimited = false;
-    if (!stream && r->res.body_kind == HTTP_BODY_LENGTH) {
-        wbuf_puts(&b, "\r\nContent-Length: ");
-        wbuf_put_u64(&b, r->res.content_length);
-    } else if (is_head || r->res.body_kind == HTTP_BODY_NONE) {
-        wbuf_puts(&b, "\r\nContent-Length: 0");
-    } else if (r->client_chunked) {
-        wbuf_puts(&b, "\r\nTransfer-Encoding: chunked");
-    } else {
-        close_delimited = true; /* HTTP/1.0 has no chunks: the end is the close */
-    }
-    if (!r->req->http->keep_alive || close_delimited)
-        wbuf_puts(&b, "\r\nConnection: close");
-    else if (r->req->http->minor_version == 0)
-        wbuf_puts(&b, "\r\nConnection: keep-alive");
-    wbuf_puts(&b, "\r\n\r\n");
-    if (b.overflow)
+    wbuf b = wbuf_over(mem, cap);
+    if (!relay_write_answer_head(&b, &spec))
         return -1;
     r->client_head = wbuf_slice(&b);
     return 0;
@@ -741,7 +640,7 @@ static int relay_events(relay *r, bool at_eof, bool last)
 static int relay_passthrough(relay *r, bool last)
 {
     slice piece = {r->buf + r->dec_start, r->dec_end - r->dec_start};
-    bool framed = r->client_chunked && r->res.body_kind != HTTP_BODY_LENGTH && r->req->http->method != HTTP_HEAD;
+    bool framed = r->client_chunked && r->res.body_kind != HTTP_BODY_LENGTH && !r->client_head_method;
     struct iovec iov[5];
     size_t n = 0;
     char size_line[18];
@@ -797,7 +696,7 @@ static void end_of_answer(relay *r)
     }
     bool stream = r->state == RELAY_STREAM;
     bool unsized = r->res.body_kind != HTTP_BODY_LENGTH && r->res.body_kind != HTTP_BODY_NONE &&
-                   r->req->http->method != HTTP_HEAD;
+                   !r->client_head_method;
     r->upstream_reusable = r->res.keep_alive && r->body_complete && r->raw_start == r->len;
     if ((stream || unsized) && r->client_chunked && !r->terminated) {
         struct iovec end = {(void *)"0\r\n\r\n", 5};
@@ -806,7 +705,7 @@ static void end_of_answer(relay *r)
     }
     r->req->record->status = r->res.status;
     /* Without chunks, a body of unknown length ends by closing. */
-    finish(r, r->req->http->keep_alive && (r->client_chunked || !(stream || unsized)));
+    finish(r, r->client_keep_alive && (r->client_chunked || !(stream || unsized)));
 }
 
 /* Reads the usage of a JSON answer that stayed whole in buf. */
@@ -830,7 +729,7 @@ static void note_first_model(relay *r)
 
 static void read_answer_usage(relay *r)
 {
-    if (r->res.status == 200 && slice_eq(r->req->http->path, SLICE_LIT("/v1/models")))
+    if (r->res.status == 200 && r->models_path)
         note_first_model(r);
     arena_mark mark = arena_mark_now(r->arena);
     json_chunk_info info;
@@ -845,7 +744,7 @@ static void read_answer_usage(relay *r)
 /* A Retry-After worth passing on: digits only. */
 static void copy_retry_after(const relay *r, wbuf *b)
 {
-    const http_header *h = http_find_header(r->res.headers, r->res.header_count, SLICE_LIT("retry-after"));
+    const http_header *h = http_find_header(r->head->headers, r->head->header_count, SLICE_LIT("retry-after"));
     uint64_t v;
     if (h && slice_to_u64(h->value, 86400, &v)) {
         wbuf_puts(b, "\r\nRetry-After: ");
@@ -858,6 +757,14 @@ static void copy_retry_after(const relay *r, wbuf *b)
  * becomes §6 JSON with the same status, its start kept for the log. */
 static void answer_error_body(relay *r, bool complete)
 {
+    /* The head still lies at the buffer's start (an error body is held
+     * whole, never compacted); the scratch may hold another's by now. */
+    if (http_parse_response(r->buf, r->res.head_len, RESPONSE_HEAD_MAX, r->client_head_method, &head_scratch) !=
+        HTTP_PARSE_DONE) {
+        fail(r, 502, "upstream response head too large", "upstream_protocol_error");
+        return;
+    }
+    r->head = &head_scratch;
     char *body = r->buf + r->dec_start;
     size_t len = r->dec_end - r->dec_start;
     scrub(body, len, &r->secrets);
@@ -948,6 +855,8 @@ static bool process_body(relay *r, bool at_eof)
     }
     evbuf_result er = evbuf_settle(&r->in, r->env->read_buffers, r->len, r->dec_end - r->dec_start,
                                    (size_t)r->env->cfg->max_event);
+    if (er == EVBUF_OK) /* the read buffer goes back; the partial event waits in a small one */
+        evbuf_park(&r->in, r->env->read_buffers, r->env->park, 2, r->len);
     r->buf = r->in.ptr;
     if (er == EVBUF_OK)
         return true;
@@ -973,7 +882,7 @@ static void retry_after(relay *r, uint64_t delay_ms, int status, const char *mes
 static bool retry_answer(relay *r, int status)
 {
     retry_hints hints;
-    retry_hints_read(r->res.headers, r->res.header_count, &hints);
+    retry_hints_read(r->head->headers, r->head->header_count, &hints);
     if (hints.should_retry == 0 || !may_retry(r))
         return false;
     uint64_t delay = retry_delay_ms(r->retries, &hints, retry_rng_next(r->env->rng));
@@ -992,8 +901,8 @@ static bool retry_answer(relay *r, int status)
 /* Returns false once the relay has ended. */
 static bool process_head(relay *r)
 {
-    http_parse_result pr = http_parse_response(r->buf, r->len, RESPONSE_HEAD_MAX, r->req->http->method == HTTP_HEAD,
-                                               &r->res);
+    http_response *head = &head_scratch;
+    http_parse_result pr = http_parse_response(r->buf, r->len, RESPONSE_HEAD_MAX, r->client_head_method, head);
     if (pr == HTTP_PARSE_INCOMPLETE) {
         if (r->len == RELAY_READ_BUFFER) {
             fail(r, 502, "upstream response head too large", "upstream_protocol_error");
@@ -1005,17 +914,20 @@ static bool process_head(relay *r)
         char msg[160];
         wbuf b = wbuf_over(msg, sizeof msg - 1);
         wbuf_puts(&b, "upstream protocol error: ");
-        wbuf_puts(&b, r->res.error ? r->res.error : "malformed response");
+        wbuf_puts(&b, head->error ? head->error : "malformed response");
         msg[b.len] = '\0';
         fail(r, 502, msg, "upstream_protocol_error");
         return false;
     }
-    if (r->res.status < 200) {
+    if (head->status < 200) {
         /* 1xx: drop it and wait for the real answer. */
-        memmove(r->buf, r->buf + r->res.head_len, r->len - r->res.head_len);
-        r->len -= r->res.head_len;
+        memmove(r->buf, r->buf + head->head_len, r->len - head->head_len);
+        r->len -= head->head_len;
         return r->len ? process_head(r) : true;
     }
+    r->head = head;
+    r->res = (answer_facts){.status = head->status, .head_len = head->head_len, .body_kind = head->body_kind,
+                            .content_length = head->content_length, .keep_alive = head->keep_alive};
     if (r->uploading) { /* the upstream answered early (e.g. 413): the rest of the body is not wanted */
         r->uploading = false;
         r->up_cut = true;
@@ -1028,7 +940,7 @@ static bool process_head(relay *r)
     metrics_ttfb(r->env->metrics, r->u->metrics_id, ttfb * 1000);
     if (upstream_is_tls(r->up) && !upstream_was_reused(r->up))
         metrics_tls_handshake(r->env->metrics, upstream_tls_resumed(r->up));
-    const http_header *up_id = http_response_field(&r->res, HTTP_FIELD_X_REQUEST_ID);
+    const http_header *up_id = http_response_field(head, HTTP_FIELD_X_REQUEST_ID);
     if (up_id && up_id->value.len <= 128) /* copied: the read buffer goes back to its pool first */
         rec->upstream_req_id = slice_of(arena_strndup(r->arena, up_id->value.ptr, up_id->value.len));
     int status = r->res.status;
@@ -1049,8 +961,8 @@ static bool process_head(relay *r)
         fail(r, 502, msg, "upstream_auth_error");
         return false;
     }
-    bool has_body = r->res.body_kind != HTTP_BODY_NONE && r->req->http->method != HTTP_HEAD;
-    bool stream = is_event_stream(r->res.content_type) && r->res.body_kind != HTTP_BODY_NONE;
+    bool has_body = r->res.body_kind != HTTP_BODY_NONE && !r->client_head_method;
+    bool stream = is_event_stream(head->content_type) && r->res.body_kind != HTTP_BODY_NONE;
     r->body_left = r->res.content_length;
     r->dec_start = r->dec_end = r->raw_start = r->res.head_len;
     r->body_complete = r->res.body_kind == HTTP_BODY_NONE ||
@@ -1064,7 +976,7 @@ static bool process_head(relay *r)
         return false;
     }
     r->state = stream ? RELAY_STREAM : RELAY_BODY;
-    if (stream && status == 200 && r->req->tap && r->req->tap->begin(r->req->tap_ctx, &r->res)) {
+    if (stream && status == 200 && r->req->tap && r->req->tap->begin(r->req->tap_ctx, head)) {
         r->tapped = true;
         r->head_sent = true; /* from here on the stream is the tap's: no retry */
     }
@@ -1073,8 +985,8 @@ static bool process_head(relay *r)
         metrics_gauge_streams(r->env->metrics, 1);
         loop_timer_arm(r->env->loop, &r->heartbeat, HEARTBEAT_MS, on_heartbeat, r);
     } else {
-        r->retain = status < 300 && has_body && r->res.content_type.len >= 16 &&
-                    slice_eq_nocase((slice){r->res.content_type.ptr, 16}, SLICE_LIT("application/json"));
+        r->retain = status < 300 && has_body && head->content_type.len >= 16 &&
+                    slice_eq_nocase((slice){head->content_type.ptr, 16}, SLICE_LIT("application/json"));
         r->body_start = r->res.head_len;
     }
     return process_body(r, false);
@@ -1262,7 +1174,7 @@ static void read_answer(relay *r)
     do
         read_once(r);
     while (r->up && upstream_is_tls(r->up) && r->state >= RELAY_AWAIT_HEAD && r->state != RELAY_FINISHED &&
-           r->last_read > 0 && (!r->buf || r->len < r->in.cap) && r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER);
+           r->last_read > 0 && (!r->buf || r->in.parked || r->len < r->in.cap) && r->sink->pending(r->client) < RELAY_CLIENT_HIGH_WATER);
 }
 
 static void read_once(relay *r)
@@ -1548,14 +1460,20 @@ relay *relay_start(const relay_env *env, arena *a, relay_request *req, const rel
     /* slot 0: the upstream key of the attempt under way; slot 1: the caller's own */
     r->secrets.count = 2;
     r->secrets.item[0] = r->secrets.item[1] = (slice){"", 0};
-    if (req->caller)
-        r->secrets.item[1] = req->caller->presented;
+    if (req->caller && req->caller->presented.len) { /* copied: the client's head goes before the stream ends */
+        char *key = arena_strndup(a, req->caller->presented.ptr, req->caller->presented.len);
+        r->secrets.item[1] = key ? (slice){key, req->caller->presented.len} : req->caller->presented;
+    }
     r->arena = a;
     r->req = req;
     r->sink = sink;
     r->client = client;
     r->started_ms = loop_now_ms(env->loop);
     r->client_chunked = req->http->minor_version >= 1;
+    r->client_keep_alive = req->http->keep_alive;
+    r->client_head_method = req->http->method == HTTP_HEAD;
+    r->models_path = slice_eq(req->http->path, SLICE_LIT("/v1/models"));
+    r->up_chunked = req->http->body_kind == HTTP_BODY_CHUNKED;
     access_record *rec = req->record;
     rec->upstream = (slice){NULL, 0};
     rec->ttfb_ms = -1;
@@ -1648,7 +1566,7 @@ static size_t upload_take(relay *r, const char *data, size_t len, bool last)
         r->up_len -= r->up_off;
         r->up_off = 0;
     }
-    bool chunked = r->req->http->body_kind == HTTP_BODY_CHUNKED;
+    bool chunked = r->up_chunked;
     size_t room = RELAY_READ_BUFFER - r->up_len;
     size_t framing = chunked ? 18 + 2 + 5 : 0; /* size line, CRLF, and the last chunk */
     size_t take = room > framing ? room - framing : 0;

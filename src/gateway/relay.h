@@ -59,6 +59,7 @@ typedef struct relay_env {
     loop *loop;
     const config *cfg;
     buffer_pool *read_buffers; /* RELAY_READ_BUFFER bytes each */
+    buffer_pool *park[2];      /* small buffers, smallest first, for an incomplete event between reads */
     metrics *metrics;
     retry_rng *rng;            /* jitter for backoffs */
 } relay_env;

@@ -97,7 +97,7 @@ typedef struct http_request {
     http_method method;
     slice method_name, target, path, query;
     int minor_version; /* HTTP/1.x */
-    http_header headers[HTTP_MAX_HEADERS];
+    http_header headers[HTTP_MAX_HEADERS]; /* valid up to header_count; a new request clears the rest only */
     size_t header_count;
     http_field_index fields;
     size_t head_len; /* bytes of the head, request line to the blank line */

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@ enum {
     TRACEPARENT_LEN = 55, /* 00-<32 hex>-<16 hex>-<2 hex> */
     LINGER_MS = 1000,
     REFUSAL_SLOTS = 64, /* connections past --max-conns that still get a polite 503 */
+    REQUEST_PAGE = 4096, /* a client_req and, after it, the start of its arena */
 };
 
 typedef enum client_state {
@@ -65,11 +67,52 @@ struct server {
     bool ready, draining;
     size_t conn_count, active_requests;
     client *clients; /* all connections, for draining and shutdown */
-    buffer_pool in_buffers, out_buffers, read_buffers;
+    buffer_pool in_buffers, out_buffers, read_buffers, requests;
+    buffer_pool park_small, park_large; /* an incomplete event's bytes between reads */
     loop_timer drain_timer;
     uint64_t id_state;
 };
 
+/* One request, from its first byte to its end: taken from a pool when a
+ * request starts and given back when it ends, so an idle keep-alive
+ * connection holds only its `client`. */
+typedef struct client_req {
+    /* The head as parsed (its slices point into the input buffer) and the
+     * body, in head_mem; both go once the answer's first byte went out
+     * (release_head): no retry can need them after that. */
+    http_request *http;
+    arena head_mem;
+    char *body;
+    size_t body_len, body_cap;
+    http_chunked chunked;
+    /* what outlives the head, copied into `arena` by release_head */
+    slice method_name, path;
+    bool keep_alive, head_method;
+
+    arena arena; /* the relay and what it keeps for the whole request */
+    relay_request relay_req;
+    access_record record;
+    char req_id[REQ_ID_MAX + 1];
+    char traceparent[TRACEPARENT_LEN + 1];
+    auth_identity caller;
+    bool has_caller;
+    generation *gen; /* held from routing to the request's end */
+    bool delegated;  /* its stream's job logs the request line */
+
+    /* a body that is not JSON, streamed up as it arrives (§4) */
+    bool up_complete;     /* the whole body was read (up_pending may still wait) */
+    size_t up_pending;    /* decoded body bytes at in + in_used the relay has not taken */
+    uint64_t up_remaining;/* Content-Length still to read */
+    uint64_t up_total;
+    uint64_t started_ms;
+    /* The rest of the page: where `arena` starts, so the relay and what a
+     * held stream keeps cost no block (and a page, given back, leaves). */
+    _Alignas(16) unsigned char mem[];
+} client_req;
+
+_Static_assert(sizeof(client_req) + 2048 <= REQUEST_PAGE, "a request page leaves room for its relay");
+
+/* A connection: what it holds between requests is this struct alone. */
 struct client {
     server *srv;
     client *next, *prev;
@@ -78,41 +121,20 @@ struct client {
     loop_timer timer;
     loop_deferred deferred, freeing;
     client_state state;
-    char peer[64];
 
-    char *in;
+    char *in; /* pooled while bytes are there to parse or keep */
     size_t in_len, scanned;
-    http_request req;
-    arena arena;
-
-    char *body;
-    size_t body_len, body_cap;
-    http_chunked chunked;
+    size_t in_used; /* bytes at the start of `in` that belong to this request */
 
     char *out;          /* == out_mem.ptr */
     evbuf out_mem;      /* pooled; grows to hold one long event for a slow reader */
     size_t out_start, out_len;
 
+    client_req *rq;        /* NULL between requests */
     relay *relay;
-    relay_request relay_req;
-    access_record record;
-    char req_id[REQ_ID_MAX + 1];
-    char traceparent[TRACEPARENT_LEN + 1];
-    auth_identity caller;
-    bool has_caller;
-    generation *gen; /* held from routing to the request's end */
     resume_reader *reader; /* this request reads a resumable stream */
-    bool delegated;        /* its stream's job logs the request line */
-
-    /* a body that is not JSON, streamed up as it arrives (§4) */
-    bool uploading;       /* this request's body goes up through relay_upload */
-    bool up_complete;     /* the whole body was read (up_pending may still wait) */
-    bool up_done;         /* ... and handed to the relay */
-    size_t up_pending;    /* decoded body bytes at in + in_used the relay has not taken */
-    uint64_t up_remaining;/* Content-Length still to read */
-    uint64_t up_total;
-    uint64_t started_ms;
-    size_t in_used; /* bytes at the start of `in` that belong to this request */
+    bool uploading;        /* this request's body goes up through relay_upload */
+    bool up_done;          /* ... and was all handed to the relay */
     bool request_done, reusable, dead, closing_after_write, in_request;
 };
 
@@ -227,6 +249,13 @@ static int client_send(client *c, const struct iovec *iov, size_t count)
     return 0;
 }
 
+static bool keeps_alive(const client *c) { return c->rq->http ? c->rq->http->keep_alive : c->rq->keep_alive; }
+
+static bool is_head_request(const client *c)
+{
+    return c->rq->http ? c->rq->http->method == HTTP_HEAD : c->rq->head_method;
+}
+
 static void send_simple(client *c, int status, const char *content_type, slice body, bool close, const char *extra)
 {
     char mem[2048];
@@ -239,19 +268,19 @@ static void send_simple(client *c, int status, const char *content_type, slice b
     wbuf_puts(&b, content_type);
     wbuf_puts(&b, "\r\nContent-Length: ");
     wbuf_put_u64(&b, body.len);
-    if (c->req_id[0]) {
+    if (c->rq && c->rq->req_id[0]) {
         wbuf_puts(&b, "\r\nX-Request-Id: ");
-        wbuf_puts(&b, c->req_id);
+        wbuf_puts(&b, c->rq->req_id);
     }
     if (extra)
         wbuf_puts(&b, extra);
     if (close)
         wbuf_puts(&b, "\r\nConnection: close");
     wbuf_puts(&b, "\r\n\r\n");
-    bool head_only = (c->in_request && c->req.method == HTTP_HEAD) || status == 304;
+    bool head_only = (c->in_request && is_head_request(c)) || status == 304;
     struct iovec iov[2] = {{mem, b.len}, {(void *)body.ptr, head_only ? 0 : body.len}};
-    if (client_send(c, iov, 2) == 0)
-        c->record.bytes_out += b.len + iov[1].iov_len;
+    if (client_send(c, iov, 2) == 0 && c->rq)
+        c->rq->record.bytes_out += b.len + iov[1].iov_len;
 }
 
 /* `extra`: more header lines, each "\r\nName: value". */
@@ -261,9 +290,11 @@ static void send_error_with(client *c, int status, const char *message, const ch
     char mem[1024];
     wbuf b = wbuf_over(mem, sizeof mem);
     json_write_error(&b, message, type, code);
-    c->record.status = status;
-    if (!c->record.error)
-        c->record.error = message;
+    if (c->rq) {
+        c->rq->record.status = status;
+        if (!c->rq->record.error)
+            c->rq->record.error = message;
+    }
     send_simple(c, status, "application/json", wbuf_slice(&b), close,
                 extra ? extra : status == 503 ? "\r\nRetry-After: 1" : NULL);
 }
@@ -304,7 +335,7 @@ static void put_random_hex(server *s, char *out, size_t digits)
 
 static void make_request_id(client *c)
 {
-    const http_header *h = http_request_field(&c->req, HTTP_FIELD_X_REQUEST_ID);
+    const http_header *h = http_request_field(c->rq->http, HTTP_FIELD_X_REQUEST_ID);
     if (h && h->value.len > 0 && h->value.len <= REQ_ID_MAX) {
         bool clean = true;
         for (size_t i = 0; i < h->value.len; i++) {
@@ -312,13 +343,13 @@ static void make_request_id(client *c)
             clean &= ch > 0x20 && ch < 0x7f && ch != '"' && ch != '\\';
         }
         if (clean) {
-            memcpy(c->req_id, h->value.ptr, h->value.len);
-            c->req_id[h->value.len] = '\0';
+            memcpy(c->rq->req_id, h->value.ptr, h->value.len);
+            c->rq->req_id[h->value.len] = '\0';
             return;
         }
     }
-    put_random_hex(c->srv, c->req_id, 32);
-    c->req_id[32] = '\0';
+    put_random_hex(c->srv, c->rq->req_id, 32);
+    c->rq->req_id[32] = '\0';
 }
 
 static bool is_lower_hex(slice s)
@@ -332,20 +363,20 @@ static bool is_lower_hex(slice s)
 /* W3C trace context: the client's when well formed, else a new trace. */
 static void make_traceparent(client *c)
 {
-    const http_header *h = http_request_field(&c->req, HTTP_FIELD_TRACEPARENT);
+    const http_header *h = http_request_field(c->rq->http, HTTP_FIELD_TRACEPARENT);
     if (h && h->value.len == TRACEPARENT_LEN && h->value.ptr[2] == '-' && h->value.ptr[35] == '-' &&
         h->value.ptr[52] == '-' && !slice_starts_with(h->value, SLICE_LIT("ff")) &&
         is_lower_hex((slice){h->value.ptr, 2}) && is_lower_hex((slice){h->value.ptr + 3, 32}) &&
         is_lower_hex((slice){h->value.ptr + 36, 16}) && is_lower_hex((slice){h->value.ptr + 53, 2})) {
-        memcpy(c->traceparent, h->value.ptr, TRACEPARENT_LEN);
-        c->traceparent[TRACEPARENT_LEN] = '\0';
+        memcpy(c->rq->traceparent, h->value.ptr, TRACEPARENT_LEN);
+        c->rq->traceparent[TRACEPARENT_LEN] = '\0';
         return;
     }
-    memcpy(c->traceparent, "00-", 3);
-    put_random_hex(c->srv, c->traceparent + 3, 32);
-    c->traceparent[35] = '-';
-    put_random_hex(c->srv, c->traceparent + 36, 16);
-    memcpy(c->traceparent + 52, "-01", 4);
+    memcpy(c->rq->traceparent, "00-", 3);
+    put_random_hex(c->srv, c->rq->traceparent + 3, 32);
+    c->rq->traceparent[35] = '-';
+    put_random_hex(c->srv, c->rq->traceparent + 36, 16);
+    memcpy(c->rq->traceparent + 52, "-01", 4);
 }
 
 /* The end of a request, once: the caller's tokens and stream slot, the
@@ -355,54 +386,121 @@ static void log_request(client *c)
     if (!c->in_request)
         return;
     server *s = c->srv;
-    access_record *r = &c->record;
+    access_record *r = &c->rq->record;
     uint64_t now_ms = loop_now_ms(s->loop);
-    r->req_id = slice_of(c->req_id);
-    r->method = c->req.method_name;
-    r->path = c->req.path;
-    r->client = c->has_caller ? slice_of(c->caller.name) : SLICE_LIT("anonymous");
-    r->dur_ms = now_ms - c->started_ms;
-    if (c->delegated) { /* the stream's job writes this request's line when its upstream ends */
-        c->delegated = false;
+    r->req_id = slice_of(c->rq->req_id);
+    r->method = c->rq->http ? c->rq->http->method_name : c->rq->method_name;
+    r->path = c->rq->http ? c->rq->http->path : c->rq->path;
+    r->client = c->rq->has_caller ? slice_of(c->rq->caller.name) : SLICE_LIT("anonymous");
+    r->dur_ms = now_ms - c->rq->started_ms;
+    if (c->rq->delegated) { /* the stream's job writes this request's line when its upstream ends */
+        c->rq->delegated = false;
         c->in_request = false;
-        generation_release(c->gen);
-        c->gen = NULL;
+        generation_release(c->rq->gen);
+        c->rq->gen = NULL;
         return;
     }
     uint64_t tokens = r->prompt_tokens + r->completion_tokens;
-    if (c->has_caller) {
-        auth_identity *who = &c->caller;
+    if (c->rq->has_caller) {
+        auth_identity *who = &c->rq->caller;
         if (who->state) {
             limits_charge_tokens(who->state, &who->spec, now_ms * 1000, tokens);
-            if (c->relay_req.holds_stream)
+            if (c->rq->relay_req.holds_stream)
                 limits_stream_ended(who->state);
         }
         if (tokens)
             metrics_tokens(s->metrics, who->metrics_id, r->prompt_tokens, r->completion_tokens);
-        auth_release(c->gen->auth, who);
-        c->has_caller = false;
+        auth_release(c->rq->gen->auth, who);
+        c->rq->has_caller = false;
     } else if (tokens) {
         metrics_tokens(s->metrics, metrics_client(s->metrics, r->client), r->prompt_tokens, r->completion_tokens);
     }
-    c->relay_req.holds_stream = false;
+    c->rq->relay_req.holds_stream = false;
     metrics_request(s->metrics, metrics_route_of(r->path), r->status, r->dur_ms * 1000);
     log_access(r);
     c->in_request = false;
-    generation_release(c->gen); /* after the log line: its names may live in the generation */
-    c->gen = NULL;
+    generation_release(c->rq->gen); /* after the log line: its names may live in the generation */
+    c->rq->gen = NULL;
 }
 
-static void begin_request(client *c)
+/* The request's memory goes back: its arenas and its record. */
+static void end_request(client *c)
 {
+    client_req *q = c->rq;
+    if (!q)
+        return;
+    arena_reset(&q->head_mem);
+    arena_reset(&q->arena);
+    pool_put(&c->srv->requests, q);
+    c->rq = NULL;
+}
+
+/* False when out of memory. */
+static bool begin_request(client *c)
+{
+    end_request(c); /* a request that ended without its reset (a framing error after it) */
+    client_req *q = pool_get(&c->srv->requests);
+    if (!q)
+        return false;
+    memset(q, 0, sizeof *q);
+    arena_init(&q->head_mem);
+    arena_init_over(&q->arena, q->mem, REQUEST_PAGE - sizeof *q);
+    q->http = arena_alloc(&q->head_mem, sizeof *q->http);
+    if (!q->http) {
+        pool_put(&c->srv->requests, q);
+        return false;
+    }
+    /* Everything but the header array, which the parser fills as far as
+     * header_count says: 3 KiB of zeros per request are not needed. */
+    http_request *h = q->http;
+    memset(h, 0, offsetof(http_request, headers));
+    memset(&h->header_count, 0, sizeof *h - offsetof(http_request, header_count));
+    q->started_ms = loop_now_ms(c->srv->loop);
+    q->record.ttfb_ms = -1;
+    c->rq = q;
     c->in_request = true;
-    c->started_ms = loop_now_ms(c->srv->loop);
-    memset(&c->record, 0, sizeof c->record);
-    c->record.ttfb_ms = -1;
-    c->req_id[0] = '\0';
-    c->relay_req.holds_stream = false;
-    c->uploading = c->up_complete = c->up_done = false;
-    c->up_pending = 0;
-    c->up_total = 0;
+    c->uploading = c->up_done = false;
+    return true;
+}
+
+static slice keep_copy(client_req *q, slice s)
+{
+    char *p = arena_strndup(&q->arena, s.ptr ? s.ptr : "", s.len);
+    return p ? (slice){p, s.len} : (slice){NULL, 0};
+}
+
+/* The answer's first byte went out, so no retry can need the request any
+ * more: its head, body and input buffer go back now rather than at its
+ * end (a held stream keeps only its state). What the log and the relay
+ * use later was copied first; bytes pipelined after the request stay. */
+static void release_head(client *c)
+{
+    client_req *q = c->rq;
+    if (!q || !q->http || c->uploading || c->reader)
+        return;
+    const http_request *h = q->http;
+    q->keep_alive = h->keep_alive;
+    q->head_method = h->method == HTTP_HEAD;
+    q->method_name = keep_copy(q, h->method_name);
+    q->path = keep_copy(q, h->path);
+    if (q->record.model.len) /* it points into the body */
+        q->record.model = keep_copy(q, q->record.model);
+    q->http = NULL;
+    q->body = NULL;
+    q->body_len = q->body_cap = 0;
+    q->relay_req.http = NULL;
+    q->relay_req.body = NULL;
+    arena_reset(&q->head_mem);
+    size_t rest = c->in_len - c->in_used;
+    if (rest == 0) {
+        pool_put(&c->srv->in_buffers, c->in);
+        c->in = NULL;
+    } else {
+        memmove(c->in, c->in + c->in_used, rest);
+    }
+    c->in_len = rest;
+    c->in_used = 0;
+    c->scanned = 0;
 }
 
 /* Forgets the finished request; keeps pipelined bytes that follow it. */
@@ -412,9 +510,7 @@ static void reset_request(client *c, size_t consumed)
         memmove(c->in, c->in + consumed, c->in_len - consumed);
     c->in_len -= consumed;
     c->scanned = 0;
-    arena_reset(&c->arena);
-    c->body = NULL;
-    c->body_len = c->body_cap = 0;
+    end_request(c);
     c->relay = NULL;
     c->request_done = false;
     c->state = CLIENT_READING_HEAD;
@@ -455,13 +551,20 @@ static void request_finished(client *c, bool reusable)
     c->request_done = true;
     c->reader = NULL; /* the hub frees it */
     /* an upload answered before its body was all read leaves bytes we cannot parse */
-    c->reusable = reusable && c->req.keep_alive && (!c->uploading || c->up_done);
+    c->reusable = reusable && keeps_alive(c) && (!c->uploading || c->up_done);
     loop_defer(c->srv->loop, &c->deferred, after_request, c);
 }
 
 /* ---- the relay's view of this client ---- */
 
-static int sink_send(void *ctx, const struct iovec *iov, size_t count) { return client_send(ctx, iov, count); }
+static int sink_send(void *ctx, const struct iovec *iov, size_t count)
+{
+    client *c = ctx;
+    if (client_send(c, iov, count) != 0)
+        return -1;
+    release_head(c);
+    return 0;
+}
 
 static size_t sink_pending(void *ctx) { return pending_out(ctx); }
 
@@ -469,7 +572,7 @@ static void sink_error(void *ctx, int status, const char *message, const char *t
                        const char *extra)
 {
     client *c = ctx;
-    send_error_with(c, status, message, type, code, !c->req.keep_alive, extra);
+    send_error_with(c, status, message, type, code, !keeps_alive(c), extra);
     request_finished(c, true);
 }
 
@@ -493,7 +596,7 @@ static int reader_send(void *ctx, const struct iovec *iov, size_t count)
     if (client_send(c, iov, count) != 0)
         return -1;
     for (size_t i = 0; i < count; i++)
-        c->record.bytes_out += iov[i].iov_len;
+        c->rq->record.bytes_out += iov[i].iov_len;
     return 0;
 }
 
@@ -503,14 +606,14 @@ static const relay_sink reader_sink = {reader_send, sink_pending, sink_error, si
 
 static void answer_json(client *c, int status, const char *json)
 {
-    c->record.status = status;
-    send_simple(c, status, "application/json", slice_of(json), !c->req.keep_alive, NULL);
+    c->rq->record.status = status;
+    send_simple(c, status, "application/json", slice_of(json), !keeps_alive(c), NULL);
     request_finished(c, true);
 }
 
 static void reject(client *c, int status, const char *message, const char *code)
 {
-    send_error(c, status, message, "invalid_request_error", code, !c->req.keep_alive);
+    send_error(c, status, message, "invalid_request_error", code, !keeps_alive(c));
     request_finished(c, true);
 }
 
@@ -519,18 +622,18 @@ static void start_relay(client *c)
     server *s = c->srv;
     c->state = CLIENT_RELAYING;
     make_traceparent(c);
-    c->relay_req = (relay_request){.http = &c->req,
-                                   .body = c->body,
-                                   .body_len = c->body_len,
-                                   .req_id = slice_of(c->req_id),
-                                   .traceparent = (slice){c->traceparent, TRACEPARENT_LEN},
-                                   .caller = c->has_caller ? &c->caller : NULL,
-                                   .gen = c->gen,
-                                   .record = &c->record,
-                                   .upload = c->uploading};
-    c->record.bytes_in = c->req.head_len + c->body_len;
+    c->rq->relay_req = (relay_request){.http = c->rq->http,
+                                       .body = c->rq->body,
+                                       .body_len = c->rq->body_len,
+                                       .req_id = slice_of(c->rq->req_id),
+                                       .traceparent = (slice){c->rq->traceparent, TRACEPARENT_LEN},
+                                       .caller = c->rq->has_caller ? &c->rq->caller : NULL,
+                                       .gen = c->rq->gen,
+                                       .record = &c->rq->record,
+                                       .upload = c->uploading};
+    c->rq->record.bytes_in = c->rq->http->head_len + c->rq->body_len;
     s->active_requests++;
-    c->relay = relay_start(&s->env, &c->arena, &c->relay_req, &sink, c);
+    c->relay = relay_start(&s->env, &c->rq->arena, &c->rq->relay_req, &sink, c);
     if (!c->relay)
         s->active_requests--;
     update_interest(c);
@@ -554,23 +657,23 @@ static uint64_t unix_now_ms(void)
 static bool authenticate_with(client *c, slice fallback)
 {
     server *s = c->srv;
-    if (!c->gen)
-        c->gen = generation_acquire(s->gen);
-    if (!auth_required(c->gen->auth))
+    if (!c->rq->gen)
+        c->rq->gen = generation_acquire(s->gen);
+    if (!auth_required(c->rq->gen->auth))
         return true;
     const char *why = NULL;
     bool malformed;
-    slice cred = auth_credential(c->req.headers, c->req.header_count, &malformed);
+    slice cred = auth_credential(c->rq->http->headers, c->rq->http->header_count, &malformed);
     if (!cred.len && !malformed)
         cred = fallback;
-    auth_status st = auth_check_credential(c->gen->auth, cred, malformed, unix_now_ms(), &c->caller, &why);
+    auth_status st = auth_check_credential(c->rq->gen->auth, cred, malformed, unix_now_ms(), &c->rq->caller, &why);
     if (st == AUTH_OK) {
-        c->has_caller = true;
+        c->rq->has_caller = true;
         return true;
     }
-    c->record.bytes_in = c->req.head_len + c->body_len;
+    c->rq->record.bytes_in = c->rq->http->head_len + c->rq->body_len;
     if (st == AUTH_BUSY) {
-        send_error(c, 503, why, "server_error", "over_capacity", !c->req.keep_alive);
+        send_error(c, 503, why, "server_error", "over_capacity", !keeps_alive(c));
         request_finished(c, true);
         return false;
     }
@@ -584,9 +687,9 @@ static bool authenticate_with(client *c, slice fallback)
         snprintf(msg, sizeof msg, "invalid token: %s", why);
     else
         snprintf(msg, sizeof msg, "%s", why);
-    c->record.error = token ? "invalid token" : st == AUTH_MISSING ? "missing API key" : "invalid API key";
+    c->rq->record.error = token ? "invalid token" : st == AUTH_MISSING ? "missing API key" : "invalid API key";
     send_error_with(c, 401, msg, "invalid_request_error", token ? "invalid_token" : "invalid_api_key",
-                    !c->req.keep_alive,
+                    !keeps_alive(c),
                     token ? "\r\nWWW-Authenticate: Bearer realm=\"ssegate\", error=\"invalid_token\""
                           : "\r\nWWW-Authenticate: Bearer realm=\"ssegate\"");
     request_finished(c, true);
@@ -602,20 +705,20 @@ static void answer_metrics(client *c)
     const config *cfg = s->cfg;
     if (cfg->metrics_token) {
         bool malformed;
-        slice given = auth_credential(c->req.headers, c->req.header_count, &malformed);
+        slice given = auth_credential(c->rq->http->headers, c->rq->http->header_count, &malformed);
         unsigned char want[KEY_DIGEST_LEN], got[KEY_DIGEST_LEN];
         key_digest(slice_of(cfg->metrics_token), want);
         key_digest(given, got);
         if (malformed || !digest_equal(want, got, sizeof want)) {
             send_error_with(c, 401, "/metrics needs 'Authorization: Bearer <metrics token>'",
-                            "invalid_request_error", "invalid_api_key", !c->req.keep_alive,
+                            "invalid_request_error", "invalid_api_key", !keeps_alive(c),
                             "\r\nWWW-Authenticate: Bearer realm=\"ssegate metrics\"");
             request_finished(c, true);
             return;
         }
     }
-    c->record.status = 200;
-    send_simple(c, 200, "text/plain; version=0.0.4; charset=utf-8", metrics_render(s->metrics), !c->req.keep_alive,
+    c->rq->record.status = 200;
+    send_simple(c, 200, "text/plain; version=0.0.4; charset=utf-8", metrics_render(s->metrics), !keeps_alive(c),
                 NULL);
     request_finished(c, true);
 }
@@ -624,53 +727,53 @@ static void answer_metrics(client *c)
 
 static bool is_resumable(const client *c)
 {
-    const http_header *h = http_request_field(&c->req, HTTP_FIELD_SSEGATE_RESUMABLE);
+    const http_header *h = http_request_field(c->rq->http, HTTP_FIELD_SSEGATE_RESUMABLE);
     return c->srv->cfg->resumable || (h && slice_eq(h->value, SLICE_LIT("1"))) ||
-           http_request_field(&c->req, HTTP_FIELD_LAST_EVENT_ID);
+           http_request_field(c->rq->http, HTTP_FIELD_LAST_EVENT_ID);
 }
 
-static const char *owner_of(const client *c) { return c->has_caller ? c->caller.name : "anonymous"; }
+static const char *owner_of(const client *c) { return c->rq->has_caller ? c->rq->caller.name : "anonymous"; }
 
 /* Last-Event-ID: the stream's events after it, from the ring; the upstream is not asked again. */
 static void resume_stream(client *c, slice last_event_id)
 {
     int status = 0;
-    c->reader = resume_attach(c->srv->resume, last_event_id, owner_of(c), c->req.minor_version == 0, &reader_sink, c,
+    c->reader = resume_attach(c->srv->resume, last_event_id, owner_of(c), c->rq->http->minor_version == 0, &reader_sink, c,
                               &status);
-    c->record.resumed = true;
+    c->rq->record.resumed = true;
     if (!c->reader) {
         if (status == 409)
             send_error(c, 409, "this stream's events at that position are no longer kept; ask again",
-                       "invalid_request_error", "stream_position_lost", !c->req.keep_alive);
+                       "invalid_request_error", "stream_position_lost", !keeps_alive(c));
         else
             send_error(c, 404, "no such stream: it is unknown, expired, or not yours", "invalid_request_error",
-                       "stream_not_found", !c->req.keep_alive);
+                       "stream_not_found", !keeps_alive(c));
         request_finished(c, true);
         return;
     }
-    c->record.status = 200;
+    c->rq->record.status = 200;
     c->state = CLIENT_RELAYING;
     update_interest(c);
 }
 
 /* A resumable request: its relay and its events outlive this connection.
  * `synthetic`: the request to send upstream when it is not the client's
- * own (/chat/stream), with its body in c->body. */
+ * own (/chat/stream), with its body in c->rq->body. */
 static void start_resumable(client *c, const http_request *synthetic)
 {
-    const http_header *lei = http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("last-event-id"));
+    const http_header *lei = http_find_header(c->rq->http->headers, c->rq->http->header_count, SLICE_LIT("last-event-id"));
     if (lei) {
         resume_stream(c, lei->value);
         return;
     }
     make_traceparent(c);
-    c->record.bytes_in = c->req.head_len + c->body_len;
-    resume_request q = {.http = synthetic ? synthetic : &c->req, .body = c->body, .body_len = c->body_len,
-                        .req_id = slice_of(c->req_id), .traceparent = slice_of(c->traceparent), .gen = c->gen,
-                        .caller = c->has_caller ? &c->caller : NULL, .chat_stream = synthetic != NULL,
-                        .http10 = c->req.minor_version == 0};
-    c->has_caller = false; /* moved into the stream's job, which releases it */
-    c->delegated = true;
+    c->rq->record.bytes_in = c->rq->http->head_len + c->rq->body_len;
+    resume_request q = {.http = synthetic ? synthetic : c->rq->http, .body = c->rq->body, .body_len = c->rq->body_len,
+                        .req_id = slice_of(c->rq->req_id), .traceparent = slice_of(c->rq->traceparent), .gen = c->rq->gen,
+                        .caller = c->rq->has_caller ? &c->rq->caller : NULL, .chat_stream = synthetic != NULL,
+                        .http10 = c->rq->http->minor_version == 0};
+    c->rq->has_caller = false; /* moved into the stream's job, which releases it */
+    c->rq->delegated = true;
     c->state = CLIENT_RELAYING;
     c->reader = resume_start(c->srv->resume, &c->srv->env, &q, &reader_sink, c);
     update_interest(c);
@@ -730,29 +833,29 @@ static const char *default_model(const server *s)
 static void chat_stream(client *c)
 {
     enum { Q_MAX = 8192, MODEL_MAX = 256, KEY_MAX = 1024 };
-    char *q = arena_alloc(&c->arena, Q_MAX), model[MODEL_MAX], key[KEY_MAX];
+    char *q = arena_alloc(&c->rq->arena, Q_MAX), model[MODEL_MAX], key[KEY_MAX];
     size_t q_len = 0, model_len = 0, key_len = 0;
-    bool has_key = query_param(c->req.query, SLICE_LIT("key"), key, sizeof key, &key_len);
+    bool has_key = query_param(c->rq->http->query, SLICE_LIT("key"), key, sizeof key, &key_len);
     if (!authenticate_with(c, has_key ? (slice){key, key_len} : (slice){NULL, 0}))
         return;
     explicit_bzero(key, sizeof key);
-    if (http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("last-event-id"))) {
-        start_resumable(c, &c->req);
+    if (http_find_header(c->rq->http->headers, c->rq->http->header_count, SLICE_LIT("last-event-id"))) {
+        start_resumable(c, c->rq->http);
         return;
     }
-    if (!q || !query_param(c->req.query, SLICE_LIT("q"), q, Q_MAX, &q_len) || q_len == 0) {
+    if (!q || !query_param(c->rq->http->query, SLICE_LIT("q"), q, Q_MAX, &q_len) || q_len == 0) {
         reject(c, 400, "/chat/stream needs a question: ?q=...", "missing_question");
         return;
     }
-    if (!query_param(c->req.query, SLICE_LIT("model"), model, sizeof model, &model_len) || model_len == 0) {
+    if (!query_param(c->rq->http->query, SLICE_LIT("model"), model, sizeof model, &model_len) || model_len == 0) {
         const char *m = default_model(c->srv);
         model_len = strlen(m) < sizeof model ? strlen(m) : sizeof model - 1;
         memcpy(model, m, model_len);
     }
     size_t cap = 6 * (q_len + model_len) + 256;
-    char *body = arena_alloc(&c->arena, cap);
+    char *body = arena_alloc(&c->rq->arena, cap);
     static const char head[] = "POST /v1/chat/completions HTTP/1.1\r\nHost: ssegate\r\nContent-Type: application/json\r\n\r\n";
-    http_request *up = arena_alloc(&c->arena, sizeof *up);
+    http_request *up = arena_alloc(&c->rq->arena, sizeof *up);
     size_t scanned = 0;
     if (!body || !up ||
         http_parse_request(head, sizeof head - 1, sizeof head, sizeof head, &scanned, up) != HTTP_PARSE_DONE) {
@@ -765,8 +868,8 @@ static void chat_stream(client *c)
     wbuf_puts(&b, "\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"");
     wbuf_put_json_escaped(&b, (slice){q, q_len});
     wbuf_puts(&b, "\"}]}");
-    c->body = body;
-    c->body_len = b.len;
+    c->rq->body = body;
+    c->rq->body_len = b.len;
     start_resumable(c, up);
 }
 
@@ -780,38 +883,38 @@ static void cancel_stream(client *c, slice token)
         reject(c, 404, "no such stream: it is unknown, expired, or not yours", "stream_not_found");
         return;
     }
-    c->record.status = 204;
-    send_simple(c, 204, "application/json", (slice){NULL, 0}, !c->req.keep_alive, NULL);
+    c->rq->record.status = 204;
+    send_simple(c, 204, "application/json", (slice){NULL, 0}, !keeps_alive(c), NULL);
     request_finished(c, true);
 }
 
 /* The built-in page and its assets; 304 when the client's copy is current. */
 static void answer_page(client *c, const page_asset *a)
 {
-    const http_header *inm = http_find_header(c->req.headers, c->req.header_count, SLICE_LIT("if-none-match"));
+    const http_header *inm = http_find_header(c->rq->http->headers, c->rq->http->header_count, SLICE_LIT("if-none-match"));
     int status = inm && page_not_modified(a, inm->value) ? 304 : 200;
     char extra[PAGE_HEADERS_MAX + 1];
     wbuf b = wbuf_over(extra, PAGE_HEADERS_MAX);
     page_put_headers(&b, a);
     extra[b.len] = '\0';
-    c->record.status = status;
-    send_simple(c, status, a->content_type, a->body, !c->req.keep_alive, extra);
+    c->rq->record.status = status;
+    send_simple(c, status, a->content_type, a->body, !keeps_alive(c), extra);
     request_finished(c, true);
 }
 
 /* Routes a request whose head (and body) arrived. */
 static void dispatch(client *c)
 {
-    slice path = c->req.path;
-    http_method m = c->req.method;
+    slice path = c->rq->http->path;
+    http_method m = c->rq->http->method;
     bool get = m == HTTP_GET || m == HTTP_HEAD;
-    c->record.bytes_in = c->req.head_len + c->body_len;
+    c->rq->record.bytes_in = c->rq->http->head_len + c->rq->body_len;
     if (m == HTTP_OTHER) {
         /* TRACE would echo the upstream key back; CONNECT asks for a tunnel */
         static const char allow[] = "\r\nAllow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
-        bool tunnel = slice_eq(c->req.method_name, SLICE_LIT("CONNECT"));
+        bool tunnel = slice_eq(c->rq->http->method_name, SLICE_LIT("CONNECT"));
         send_error_with(c, 405, "method not allowed", "invalid_request_error", "method_not_allowed",
-                        tunnel || !c->req.keep_alive, allow);
+                        tunnel || !keeps_alive(c), allow);
         request_finished(c, !tunnel);
         return;
     }
@@ -871,8 +974,10 @@ static int parse_error_status(http_parse_result r)
 /* A framing error: answer and close, since what follows cannot be trusted. */
 static void fail_and_close(client *c, int status, const char *message, const char *code)
 {
-    if (!c->in_request)
-        begin_request(c);
+    if (!c->in_request && !begin_request(c)) {
+        client_close(c);
+        return;
+    }
     send_error(c, status, message, "invalid_request_error", code, true);
     c->reusable = false;
     c->request_done = true;
@@ -882,20 +987,20 @@ static void fail_and_close(client *c, int status, const char *message, const cha
 
 static bool body_grow(client *c, size_t need)
 {
-    if (need <= c->body_cap)
+    if (need <= c->rq->body_cap)
         return true;
-    size_t cap = c->body_cap ? c->body_cap : 4096;
+    size_t cap = c->rq->body_cap ? c->rq->body_cap : 4096;
     while (cap < need)
         cap *= 2;
     if (cap > c->srv->cfg->max_body)
         cap = (size_t)c->srv->cfg->max_body;
-    char *grown = arena_alloc(&c->arena, cap ? cap : 1);
+    char *grown = arena_alloc(&c->rq->head_mem, cap ? cap : 1);
     if (!grown)
         return false;
-    if (c->body_len)
-        memcpy(grown, c->body, c->body_len);
-    c->body = grown;
-    c->body_cap = cap;
+    if (c->rq->body_len)
+        memcpy(grown, c->rq->body, c->rq->body_len);
+    c->rq->body = grown;
+    c->rq->body_cap = cap;
     return true;
 }
 
@@ -905,38 +1010,38 @@ static bool take_body(client *c)
 {
     size_t avail = c->in_len - c->in_used;
     char *src = c->in + c->in_used;
-    if (c->req.body_kind == HTTP_BODY_LENGTH) {
-        size_t want = (size_t)c->req.content_length - c->body_len;
+    if (c->rq->http->body_kind == HTTP_BODY_LENGTH) {
+        size_t want = (size_t)c->rq->http->content_length - c->rq->body_len;
         size_t take = avail < want ? avail : want;
-        memcpy(c->body + c->body_len, src, take);
-        c->body_len += take;
+        memcpy(c->rq->body + c->rq->body_len, src, take);
+        c->rq->body_len += take;
         c->in_used += take;
-        return c->body_len == c->req.content_length;
+        return c->rq->body_len == c->rq->http->content_length;
     }
     size_t used = 0, produced = 0;
-    http_chunked_result r = http_chunked_decode(&c->chunked, src, src, avail, &used, &produced);
+    http_chunked_result r = http_chunked_decode(&c->rq->chunked, src, src, avail, &used, &produced);
     if (r == CHUNKED_ERROR) {
         fail_and_close(c, 400, "malformed chunked request body", "bad_chunked_body");
         return false;
     }
-    if (c->body_len + produced > c->srv->cfg->max_body) {
+    if (c->rq->body_len + produced > c->srv->cfg->max_body) {
         fail_and_close(c, 413, "request body exceeds the maximum size", "body_too_large");
         return false;
     }
-    if (!body_grow(c, c->body_len + produced)) {
+    if (!body_grow(c, c->rq->body_len + produced)) {
         fail_and_close(c, 503, "out of memory", "internal_error");
         return false;
     }
     if (produced) /* a chunked body has no buffer until its first payload byte */
-        memcpy(c->body + c->body_len, src, produced);
-    c->body_len += produced;
+        memcpy(c->rq->body + c->rq->body_len, src, produced);
+    c->rq->body_len += produced;
     c->in_used += used;
     if (r == CHUNKED_DONE)
         return true;
     /* Drop the consumed bytes; the head stays, its slices point into it. */
     size_t rest = c->in_len - c->in_used;
-    memmove(c->in + c->req.head_len, c->in + c->in_used, rest);
-    c->in_used = c->req.head_len;
+    memmove(c->in + c->rq->http->head_len, c->in + c->in_used, rest);
+    c->in_used = c->rq->http->head_len;
     c->in_len = c->in_used + rest;
     return false;
 }
@@ -958,7 +1063,7 @@ static bool body_is_json(const http_request *req)
  * input buffer has room again (the head's slices stay valid). */
 static void compact_upload(client *c)
 {
-    size_t head = c->req.head_len;
+    size_t head = c->rq->http->head_len;
     if (c->in_used <= head)
         return;
     memmove(c->in + head, c->in + c->in_used, c->in_len - c->in_used);
@@ -969,7 +1074,7 @@ static void compact_upload(client *c)
 static void upload_failed(client *c, int status, const char *message, const char *code)
 {
     server *s = c->srv;
-    if (c->record.status && c->record.status != 499) { /* the answer is under way: only closing says it */
+    if (c->rq->record.status && c->rq->record.status != 499) { /* the answer is under way: only closing says it */
         client_close(c);
         return;
     }
@@ -978,7 +1083,7 @@ static void upload_failed(client *c, int status, const char *message, const char
         s->active_requests--;
         c->relay = NULL;
     }
-    c->record.error = NULL;
+    c->rq->record.error = NULL;
     fail_and_close(c, status, message, code);
 }
 
@@ -988,14 +1093,14 @@ static void feed_upload(client *c)
 {
     const config *cfg = c->srv->cfg;
     while (c->relay && !c->up_done && c->fd >= 0) {
-        if (c->up_pending || c->up_complete) {
+        if (c->rq->up_pending || c->rq->up_complete) {
             size_t taken = 0;
-            bool all = relay_upload(c->relay, c->in + c->in_used, c->up_pending, c->up_complete, &taken);
+            bool all = relay_upload(c->relay, c->in + c->in_used, c->rq->up_pending, c->rq->up_complete, &taken);
             c->in_used += taken;
-            c->up_pending -= taken;
+            c->rq->up_pending -= taken;
             if (!all)
                 break; /* the relay asks again when it has room */
-            if (c->up_complete) {
+            if (c->rq->up_complete) {
                 c->up_done = true;
                 break;
             }
@@ -1003,15 +1108,15 @@ static void feed_upload(client *c)
         size_t avail = c->in_len - c->in_used;
         if (avail == 0)
             break;
-        if (c->req.body_kind == HTTP_BODY_LENGTH) {
-            size_t take = avail < c->up_remaining ? avail : (size_t)c->up_remaining;
-            c->up_pending = take;
-            c->up_remaining -= take;
-            c->up_complete = c->up_remaining == 0;
+        if (c->rq->http->body_kind == HTTP_BODY_LENGTH) {
+            size_t take = avail < c->rq->up_remaining ? avail : (size_t)c->rq->up_remaining;
+            c->rq->up_pending = take;
+            c->rq->up_remaining -= take;
+            c->rq->up_complete = c->rq->up_remaining == 0;
         } else {
             size_t used = 0, produced = 0;
             char *at = c->in + c->in_used;
-            http_chunked_result r = http_chunked_decode(&c->chunked, at, at, avail, &used, &produced);
+            http_chunked_result r = http_chunked_decode(&c->rq->chunked, at, at, avail, &used, &produced);
             if (r == CHUNKED_ERROR) {
                 upload_failed(c, 400, "malformed chunked request body", "bad_chunked_body");
                 return;
@@ -1019,13 +1124,13 @@ static void feed_upload(client *c)
             /* decoded bytes now lie at `at`; the raw rest follows them */
             memmove(at + produced, at + used, avail - used);
             c->in_len -= used - produced;
-            c->up_pending = produced;
-            c->up_complete = r == CHUNKED_DONE;
+            c->rq->up_pending = produced;
+            c->rq->up_complete = r == CHUNKED_DONE;
             if (r == CHUNKED_MORE && used == 0)
                 break; /* a chunk line not yet whole */
         }
-        c->up_total += c->up_pending;
-        if (c->up_total > cfg->max_upload) {
+        c->rq->up_total += c->rq->up_pending;
+        if (c->rq->up_total > cfg->max_upload) {
             upload_failed(c, 413, "request body exceeds the maximum upload size", "body_too_large");
             return;
         }
@@ -1047,7 +1152,7 @@ static void read_upload(client *c)
     if (n <= 0)
         return;
     c->in_len += (size_t)n;
-    c->record.bytes_in += (uint64_t)n;
+    c->rq->record.bytes_in += (uint64_t)n;
     feed_upload(c);
     update_interest(c);
 }
@@ -1057,29 +1162,29 @@ static void start_upload(client *c)
 {
     const config *cfg = c->srv->cfg;
     loop_timer_stop(c->srv->loop, &c->timer);
-    if (c->req.body_kind == HTTP_BODY_LENGTH && c->req.content_length > cfg->max_upload) {
+    if (c->rq->http->body_kind == HTTP_BODY_LENGTH && c->rq->http->content_length > cfg->max_upload) {
         fail_and_close(c, 413, "request body exceeds the maximum upload size", "body_too_large");
         return;
     }
-    bool keep_alive = c->req.keep_alive;
-    c->req.keep_alive = false; /* a refusal leaves the body unread: the connection closes after it */
-    c->record.bytes_in = c->req.head_len;
-    if (c->req.method == HTTP_OTHER) {
+    bool keep_alive = c->rq->http->keep_alive;
+    c->rq->http->keep_alive = false; /* a refusal leaves the body unread: the connection closes after it */
+    c->rq->record.bytes_in = c->rq->http->head_len;
+    if (c->rq->http->method == HTTP_OTHER) {
         dispatch(c);
         return;
     }
     if (!authenticate(c))
         return;
-    c->req.keep_alive = keep_alive;
+    c->rq->http->keep_alive = keep_alive;
     c->uploading = true;
-    c->up_remaining = c->req.content_length;
-    c->chunked = (http_chunked){0};
+    c->rq->up_remaining = c->rq->http->content_length;
+    c->rq->chunked = (http_chunked){0};
     start_relay(c);
-    c->record.bytes_in = c->req.head_len + (c->in_len - c->in_used);
+    c->rq->record.bytes_in = c->rq->http->head_len + (c->in_len - c->in_used);
     if (!c->relay)
         return;
     arm_timer(c, cfg->request_timeout_ms);
-    if (c->req.expect_continue && c->in_len == c->in_used) {
+    if (c->rq->http->expect_continue && c->in_len == c->in_used) {
         struct iovec cont = {(void *)"HTTP/1.1 100 Continue\r\n\r\n", 25};
         if (client_send(c, &cont, 1) != 0)
             return;
@@ -1103,44 +1208,47 @@ static void process_input(client *c)
             return;
         }
         if (!c->in_request) {
-            begin_request(c);
+            if (!begin_request(c)) {
+                client_close(c);
+                return;
+            }
             arm_timer(c, cfg->header_timeout_ms);
         }
-        http_parse_result r = http_parse_request(c->in, c->in_len, MAX_HEAD, MAX_TARGET, &c->scanned, &c->req);
+        http_parse_result r = http_parse_request(c->in, c->in_len, MAX_HEAD, MAX_TARGET, &c->scanned, c->rq->http);
         if (r == HTTP_PARSE_INCOMPLETE) {
             update_interest(c);
             return;
         }
         if (r != HTTP_PARSE_DONE) {
-            fail_and_close(c, parse_error_status(r), c->req.error, "bad_request");
+            fail_and_close(c, parse_error_status(r), c->rq->http->error, "bad_request");
             return;
         }
         make_request_id(c);
-        c->in_used = c->req.head_len;
-        bool has_body = c->req.body_kind == HTTP_BODY_CHUNKED ||
-                        (c->req.body_kind == HTTP_BODY_LENGTH && c->req.content_length > 0);
-        if (has_body && is_v1(c->req.path) && !body_is_json(&c->req)) {
+        c->in_used = c->rq->http->head_len;
+        bool has_body = c->rq->http->body_kind == HTTP_BODY_CHUNKED ||
+                        (c->rq->http->body_kind == HTTP_BODY_LENGTH && c->rq->http->content_length > 0);
+        if (has_body && is_v1(c->rq->http->path) && !body_is_json(c->rq->http)) {
             start_upload(c);
             return;
         }
-        if (c->req.body_kind == HTTP_BODY_LENGTH && c->req.content_length > cfg->max_body) {
+        if (c->rq->http->body_kind == HTTP_BODY_LENGTH && c->rq->http->content_length > cfg->max_body) {
             fail_and_close(c, 413, "request body exceeds the maximum size", "body_too_large");
             return;
         }
-        if (c->req.body_kind == HTTP_BODY_NONE || (c->req.body_kind == HTTP_BODY_LENGTH && c->req.content_length == 0)) {
+        if (c->rq->http->body_kind == HTTP_BODY_NONE || (c->rq->http->body_kind == HTTP_BODY_LENGTH && c->rq->http->content_length == 0)) {
             loop_timer_stop(c->srv->loop, &c->timer);
             dispatch(c);
             return;
         }
-        c->chunked = (http_chunked){0};
-        size_t initial = c->req.body_kind == HTTP_BODY_LENGTH ? (size_t)c->req.content_length : 0;
+        c->rq->chunked = (http_chunked){0};
+        size_t initial = c->rq->http->body_kind == HTTP_BODY_LENGTH ? (size_t)c->rq->http->content_length : 0;
         if (!body_grow(c, initial)) {
             fail_and_close(c, 503, "out of memory", "internal_error");
             return;
         }
         c->state = CLIENT_READING_BODY;
         arm_timer(c, cfg->request_timeout_ms);
-        if (c->req.expect_continue && c->in_len == c->in_used) {
+        if (c->rq->http->expect_continue && c->in_len == c->in_used) {
             struct iovec cont = {(void *)"HTTP/1.1 100 Continue\r\n\r\n", 25};
             if (client_send(c, &cont, 1) != 0)
                 return;
@@ -1205,8 +1313,8 @@ static void client_close(client *c)
         c->relay = NULL;
     }
     if (c->in_request) {
-        if (!c->record.status)
-            c->record.status = 499;
+        if (!c->rq->record.status)
+            c->rq->record.status = 499;
         log_request(c);
     }
     loop_timer_stop(s->loop, &c->timer);
@@ -1224,7 +1332,7 @@ static void client_close(client *c)
     pool_put(&s->in_buffers, c->in);
     evbuf_release(&c->out_mem, &s->out_buffers);
     c->in = c->out = NULL;
-    arena_reset(&c->arena);
+    end_request(c);
     loop_defer(s->loop, &c->freeing, free_client, c);
     maybe_finish_drain(s);
 }
@@ -1312,10 +1420,10 @@ static void read_input(client *c)
 {
     char *dst;
     size_t room;
-    bool direct = c->state == CLIENT_READING_BODY && c->req.body_kind == HTTP_BODY_LENGTH && c->in_used == c->in_len;
+    bool direct = c->state == CLIENT_READING_BODY && c->rq->http->body_kind == HTTP_BODY_LENGTH && c->in_used == c->in_len;
     if (direct) { /* large bodies go straight to their buffer */
-        dst = c->body + c->body_len;
-        room = (size_t)c->req.content_length - c->body_len;
+        dst = c->rq->body + c->rq->body_len;
+        room = (size_t)c->rq->http->content_length - c->rq->body_len;
     } else {
         if (!c->in && !(c->in = pool_get(&c->srv->in_buffers))) {
             client_close(c);
@@ -1333,10 +1441,10 @@ static void read_input(client *c)
     if (n <= 0)
         return;
     if (direct)
-        c->body_len += (size_t)n;
+        c->rq->body_len += (size_t)n;
     else
         c->in_len += (size_t)n;
-    if (direct && c->body_len == c->req.content_length) {
+    if (direct && c->rq->body_len == c->rq->http->content_length) {
         loop_timer_stop(c->srv->loop, &c->timer);
         dispatch(c);
         return;
@@ -1351,6 +1459,10 @@ static void stash_input(client *c)
 {
     if (c->in_len == IN_BUFFER)
         return; /* a zero-byte read would look like the client's end */
+    if (!c->in && !(c->in = pool_get(&c->srv->in_buffers))) { /* released with the request's head */
+        client_close(c);
+        return;
+    }
     ssize_t n = read_some(c, c->in + c->in_len, IN_BUFFER - c->in_len);
     if (n <= 0)
         return;
@@ -1431,21 +1543,17 @@ static void on_accept(void *ctx, uint32_t events)
         bool over_capacity = s->conn_count >= s->cfg->max_conns;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        /* The input buffer comes with the first bytes (read_input): a
+         * connection that sends nothing holds this struct alone. */
         client *c = calloc(1, sizeof *c);
-        char *in = pool_get(&s->in_buffers);
-        if (!c || !in) {
-            free(c);
-            pool_put(&s->in_buffers, in);
+        if (!c) {
             close(fd);
             continue;
         }
         c->srv = s;
         c->fd = fd;
-        c->in = in;
-        arena_init(&c->arena);
         c->state = CLIENT_READING_HEAD;
         if (loop_io_add(s->loop, &c->io, fd, EPOLLIN | EPOLLRDHUP, on_client_io, c) != 0) {
-            pool_put(&s->in_buffers, in);
             free(c);
             close(fd);
             continue;
@@ -1497,10 +1605,17 @@ server *server_new(loop *l, const config *cfg, generation *gen, metrics *m, cons
         return NULL;
     }
     s->listen_fd = -1;
-    s->in_buffers = (buffer_pool){.size = IN_BUFFER, .max_free = 1024};
-    s->out_buffers = (buffer_pool){.size = OUT_BUFFER, .max_free = 16};
-    s->read_buffers = (buffer_pool){.size = RELAY_READ_BUFFER, .max_free = 256};
-    s->env = (relay_env){.loop = l, .cfg = cfg, .read_buffers = &s->read_buffers, .metrics = m, .rng = &s->rng};
+    /* What is kept for reuse stays resident: enough for a busy moment's
+     * requests to do no malloc, little enough for an idle server. The read
+     * buffer is taken only while a read is handled, so few are in use. */
+    s->in_buffers = (buffer_pool){.size = IN_BUFFER, .max_free = 8, .mapped = true};
+    s->out_buffers = (buffer_pool){.size = OUT_BUFFER, .max_free = 2, .mapped = true};
+    s->read_buffers = (buffer_pool){.size = RELAY_READ_BUFFER, .max_free = 4, .mapped = true};
+    s->requests = (buffer_pool){.size = REQUEST_PAGE, .max_free = 8, .mapped = true};
+    s->park_small = (buffer_pool){.size = 1024, .max_free = 64};
+    s->park_large = (buffer_pool){.size = 8192, .max_free = 16, .mapped = true};
+    s->env = (relay_env){.loop = l, .cfg = cfg, .read_buffers = &s->read_buffers,
+                         .park = {&s->park_small, &s->park_large}, .metrics = m, .rng = &s->rng};
     if (getrandom(&s->id_state, sizeof s->id_state, 0) != (ssize_t)sizeof s->id_state)
         s->id_state = (uint64_t)getpid() * 0x9e3779b97f4a7c15u;
     retry_rng_seed(&s->rng, s->id_state ^ 0x5bd1e995u);
@@ -1576,5 +1691,8 @@ void server_free(server *s)
     pool_drain(&s->in_buffers);
     pool_drain(&s->out_buffers);
     pool_drain(&s->read_buffers);
+    pool_drain(&s->requests);
+    pool_drain(&s->park_small);
+    pool_drain(&s->park_large);
     free(s);
 }

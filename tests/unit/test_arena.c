@@ -219,3 +219,81 @@ TEST(arena_pool)
     CHECK_EQ_SIZE(none.free_count, 0);
     CHECK(none.free_list == NULL);
 }
+
+/* An arena over the caller's memory: small requests stay in it, larger
+ * ones go on in blocks, and reset or rewind never hand it to the cache. */
+TEST(arena_over_caller_memory)
+{
+    _Alignas(16) unsigned char mem[1024];
+    arena a;
+    arena_init_over(&a, mem, sizeof mem);
+    unsigned char *lo = mem, *hi = mem + sizeof mem;
+    char *p1 = arena_alloc(&a, 100), *p2 = arena_alloc(&a, 200);
+    CHECK(p1 && p2);
+    CHECK((unsigned char *)p1 >= lo && (unsigned char *)p2 + 200 <= hi);
+    CHECK(((uintptr_t)p1 & 15) == 0 && ((uintptr_t)p2 & 15) == 0);
+    memset(p1, 'a', 100);
+    memset(p2, 'b', 200);
+    /* Past what is left of it: a standard block, and the own memory keeps its bytes. */
+    char *big = arena_alloc(&a, 2000);
+    CHECK(big && ((unsigned char *)big < lo || (unsigned char *)big >= hi));
+    memset(big, 'c', 2000);
+    CHECK(p1[99] == 'a' && p2[0] == 'b');
+    /* Rewinding past the block gives it back and leaves the own memory in use. */
+    arena_mark m = arena_mark_now(&a);
+    char *scratch = arena_alloc(&a, 3 * ARENA_BLOCK_SIZE);
+    CHECK(scratch != NULL);
+    arena_rewind(&a, m);
+    CHECK(p2[199] == 'b');
+    /* A reset starts over in the own memory, again and again. */
+    for (int round = 0; round < 3; round++) {
+        arena_reset(&a);
+        CHECK(a.head == NULL && a.own != NULL);
+        char *again = arena_alloc(&a, 100);
+        CHECK(again == p1);
+    }
+    /* A first request bigger than the own memory goes to a block; after a reset the own memory is first again. */
+    arena_reset(&a);
+    char *first_big = arena_alloc(&a, 4096);
+    CHECK(first_big && ((unsigned char *)first_big < lo || (unsigned char *)first_big >= hi));
+    arena_reset(&a);
+    CHECK(arena_alloc(&a, 16) == p1);
+    /* Rewinding to an empty mark frees the blocks, not the own memory. */
+    arena_reset(&a);
+    arena_mark empty = arena_mark_now(&a);
+    CHECK(arena_alloc(&a, 500) == p1);
+    CHECK(arena_alloc(&a, 900) != NULL); /* spills */
+    arena_rewind(&a, empty);
+    CHECK(a.head == NULL);
+    CHECK(arena_alloc(&a, 8) == p1);
+    arena_reset(&a);
+    arena_release_cached();
+}
+
+/* Mapped pools: page buffers, reused last in first out, kept up to max_free. */
+TEST(arena_mapped_pool)
+{
+    buffer_pool p = {.size = 2 * 4096, .max_free = 2, .mapped = true};
+    char *b[4];
+    for (int i = 0; i < 4; i++) {
+        b[i] = pool_get(&p);
+        CHECK(b[i] != NULL);
+        CHECK(((uintptr_t)b[i] & 4095) == 0);
+        memset(b[i], 'a' + i, p.size);
+    }
+    for (int i = 0; i < 4; i++)
+        pool_put(&p, b[i]);
+    CHECK_EQ_SIZE(p.free_count, 2); /* the other two went back to the system */
+    CHECK(pool_get(&p) == b[1]);
+    CHECK(pool_get(&p) == b[0]);
+    CHECK_EQ_SIZE(p.free_count, 0);
+    char *fresh = pool_get(&p);
+    CHECK(fresh != NULL);
+    memset(fresh, 'z', p.size);
+    pool_put(&p, b[0]);
+    pool_put(&p, b[1]);
+    pool_put(&p, fresh);
+    pool_drain(&p);
+    CHECK_EQ_SIZE(p.free_count, 0);
+    CHECK(p.free_list == NULL);
+}

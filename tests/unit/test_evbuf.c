@@ -1,8 +1,9 @@
 /* The stream read buffer across read boundaries: events split over 2, 3
  * and 1,000 reads, a 15 MiB event, an event exactly at --max-event and
  * one byte over, and the memory going back to the pool afterwards. The
- * driver runs the relay's cycle: read into the free end, take every
- * complete event, move the rest to the front, evbuf_settle. */
+ * driver runs the relay's cycle: take a read buffer (with the parked bytes
+ * of an incomplete event), read into the free end, take every complete
+ * event, move the rest to the front, evbuf_settle, evbuf_park. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +19,7 @@ typedef struct split_result {
     size_t mismatches;
     size_t reads;
     size_t max_cap;
+    size_t parks;       /* reads after which an incomplete event waited in a small buffer */
     bool pooled_at_end; /* the buffer went back to a pooled one */
 } split_result;
 
@@ -26,12 +28,18 @@ typedef struct split_result {
 static split_result run_split(const char *input, size_t len, size_t piece, size_t max_event)
 {
     buffer_pool pool = {.size = POOL_SIZE, .max_free = 4};
+    buffer_pool small1 = {.size = 1024, .max_free = 2}, small8 = {.size = 8192, .max_free = 2, .mapped = true};
+    buffer_pool *const small[2] = {&small1, &small8};
     evbuf b = {0};
     sse_parser p = {0};
     split_result out = {.status = EVBUF_OK};
     size_t fed = 0, used = 0, taken = 0; /* taken: input bytes the events accounted for */
     CHECK(evbuf_acquire(&b, &pool));
     while (fed < len) {
+        if (!evbuf_acquire(&b, &pool)) {
+            out.status = EVBUF_NO_MEMORY;
+            break;
+        }
         size_t n = len - fed;
         if (n > piece)
             n = piece;
@@ -65,10 +73,14 @@ static split_result run_split(const char *input, size_t len, size_t piece, size_
             out.max_cap = b.cap;
         if (out.status != EVBUF_OK)
             break;
+        evbuf_park(&b, &pool, small, 2, used);
+        out.parks += b.parked != NULL;
     }
-    out.pooled_at_end = !b.mapped && b.cap == POOL_SIZE;
+    out.pooled_at_end = !b.mapped && !b.parked && b.cap == POOL_SIZE;
     evbuf_release(&b, &pool);
     pool_drain(&pool);
+    pool_drain(&small1);
+    pool_drain(&small8);
     return out;
 }
 
@@ -139,6 +151,8 @@ TEST(evbuf_split_at_every_boundary_of_a_small_stream)
     for (size_t piece = 1; piece <= len; piece++) {
         split_result r = run_split(s, len, piece, 16u << 20);
         CHECK(r.status == EVBUF_OK && r.events == 11 && r.mismatches == 0);
+        if (piece < 40) /* the first event ends in a later read: its start waited parked */
+            CHECK(r.parks > 0);
     }
     free(s);
 }
@@ -203,4 +217,63 @@ TEST(evbuf_reserve_grows_to_the_limit_and_no_further)
     evbuf_release(&b, &pool);
     CHECK(b.ptr == NULL);
     pool_drain(&pool);
+}
+
+/* An incomplete event between reads: its bytes wait in the smallest small
+ * buffer that holds them, the read buffer goes back, and the next
+ * acquire brings them back in front of a read buffer. */
+TEST(evbuf_partial_event_parks_in_a_small_buffer)
+{
+    buffer_pool pool = {.size = POOL_SIZE, .max_free = 4};
+    buffer_pool small1 = {.size = 1024, .max_free = 2}, small8 = {.size = 8192, .max_free = 2, .mapped = true};
+    buffer_pool *const small[2] = {&small1, &small8};
+    static const size_t sizes[] = {1, 100, 1023, 1024, 5000, 8191, 8192, 10000};
+    static char pattern[10000];
+    for (size_t i = 0; i < sizeof pattern; i++)
+        pattern[i] = (char)('a' + i % 23);
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t used = sizes[k];
+        evbuf b = {0};
+        CHECK(evbuf_acquire(&b, &pool));
+        memcpy(b.ptr, pattern, used);
+        CHECK(evbuf_settle(&b, &pool, used, used, 1u << 20) == EVBUF_OK);
+        evbuf_park(&b, &pool, small, 2, used);
+        buffer_pool *want = used < 1024 ? &small1 : used < 8192 ? &small8 : NULL;
+        CHECK(b.parked == want);
+        if (want) {
+            CHECK_EQ_SIZE(b.cap, want->size);
+            CHECK_EQ_SIZE(b.held, used);
+            CHECK_EQ_SIZE(pool.free_count, 1); /* the read buffer is back */
+        }
+        CHECK(memcmp(b.ptr, pattern, used) == 0);
+        CHECK(evbuf_acquire(&b, &pool));
+        CHECK(b.parked == NULL && !b.mapped && b.cap == POOL_SIZE);
+        CHECK(memcmp(b.ptr, pattern, used) == 0);
+        if (want)
+            CHECK_EQ_SIZE(want->free_count, 1); /* the small one is back */
+        evbuf_release(&b, &pool);
+    }
+    /* Released while parked: back to its small pool. */
+    evbuf b = {0};
+    CHECK(evbuf_acquire(&b, &pool));
+    memcpy(b.ptr, "data: x", 7);
+    evbuf_park(&b, &pool, small, 2, 7);
+    CHECK(b.parked == &small1);
+    size_t before = small1.free_count;
+    evbuf_release(&b, &pool);
+    CHECK(b.ptr == NULL);
+    CHECK_EQ_SIZE(small1.free_count, before + 1);
+    /* Nothing held, or mapped pages: nothing to park. */
+    CHECK(evbuf_acquire(&b, &pool));
+    evbuf_park(&b, &pool, small, 2, 0);
+    CHECK(b.parked == NULL && b.cap == POOL_SIZE);
+    memset(b.ptr, 'x', POOL_SIZE);
+    CHECK(evbuf_settle(&b, &pool, POOL_SIZE, POOL_SIZE, 1u << 20) == EVBUF_OK);
+    CHECK(b.mapped);
+    evbuf_park(&b, &pool, small, 2, 10);
+    CHECK(b.parked == NULL && b.mapped);
+    evbuf_release(&b, &pool);
+    pool_drain(&pool);
+    pool_drain(&small1);
+    pool_drain(&small8);
 }
