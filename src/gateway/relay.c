@@ -1188,6 +1188,12 @@ static void read_once(relay *r)
     int err = errno;
     r->last_read = n;
     if (n < 0 && err == EAGAIN) {
+        /* TLS reads until EAGAIN (read_answer): a stream between events
+         * must not keep the buffer that last try took. */
+        if (r->len == 0 && !r->retain) {
+            evbuf_release(&r->in, r->env->read_buffers);
+            r->buf = NULL;
+        }
         want_io(r);
         return;
     }
