@@ -13,13 +13,9 @@ struct arena_block {
     _Alignas(16) unsigned char data[];
 };
 
-/* Blocks kept for reuse: enough for the requests of a busy moment to do
- * no malloc, few enough that an idle process holds little (a cached block
- * stays resident). */
-enum { MAX_CACHED_BLOCKS = 8 };
-
-static arena_block *cached_blocks;
-static size_t cached_count;
+/* Blocks kept for reuse: a pool like any other, so a busy moment's requests
+ * do no malloc and an idle process keeps only the reserve. */
+static buffer_pool block_pool = {.size = sizeof(arena_block) + ARENA_BLOCK_SIZE, .reserve = 8, .max_free = 1024};
 
 void arena_init(arena *a) { *a = (arena){0}; }
 
@@ -33,15 +29,14 @@ void arena_init_over(arena *a, void *mem, size_t size)
 
 static arena_block *block_new(size_t cap)
 {
-    if (cap == ARENA_BLOCK_SIZE && cached_blocks) {
-        arena_block *b = cached_blocks;
-        cached_blocks = b->next;
-        cached_count--;
-        return b;
+    arena_block *b;
+    if (cap == ARENA_BLOCK_SIZE) {
+        b = pool_get(&block_pool);
+    } else {
+        if (cap > SIZE_MAX - sizeof(arena_block))
+            return NULL; /* the header would wrap the size round to a tiny block */
+        b = malloc(sizeof *b + cap);
     }
-    if (cap > SIZE_MAX - sizeof(arena_block))
-        return NULL; /* the header would wrap the size round to a tiny block */
-    arena_block *b = malloc(sizeof *b + cap);
     if (b)
         b->cap = cap;
     return b;
@@ -51,13 +46,10 @@ static void block_free(arena *a, arena_block *b)
 {
     if (b == a->own)
         return;
-    if (b->cap == ARENA_BLOCK_SIZE && cached_count < MAX_CACHED_BLOCKS) {
-        b->next = cached_blocks;
-        cached_blocks = b;
-        cached_count++;
-    } else {
+    if (b->cap == ARENA_BLOCK_SIZE)
+        pool_put(&block_pool, b);
+    else
         free(b);
-    }
 }
 
 void *arena_alloc(arena *a, size_t size)
@@ -115,15 +107,9 @@ char *arena_strndup(arena *a, const char *s, size_t len)
     return p;
 }
 
-void arena_release_cached(void)
-{
-    while (cached_blocks) {
-        arena_block *b = cached_blocks;
-        cached_blocks = b->next;
-        free(b);
-    }
-    cached_count = 0;
-}
+bool arena_trim_cached(void) { return pool_trim(&block_pool); }
+
+void arena_release_cached(void) { pool_drain(&block_pool); }
 
 static void pool_release(const buffer_pool *p, void *buf)
 {
@@ -135,22 +121,29 @@ static void pool_release(const buffer_pool *p, void *buf)
 
 void *pool_get(buffer_pool *p)
 {
+    void *buf;
     if (p->free_list) {
-        void *buf = p->free_list;
+        buf = p->free_list;
         memcpy(&p->free_list, buf, sizeof(void *));
         p->free_count--;
-        return buf;
+    } else if (!p->mapped) {
+        buf = malloc(p->size);
+    } else {
+        buf = mmap(NULL, p->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (buf == MAP_FAILED)
+            buf = NULL;
     }
-    if (!p->mapped)
-        return malloc(p->size);
-    void *buf = mmap(NULL, p->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return buf == MAP_FAILED ? NULL : buf;
+    if (buf && ++p->in_use > p->peak)
+        p->peak = p->in_use;
+    return buf;
 }
 
 void pool_put(buffer_pool *p, void *buf)
 {
     if (!buf)
         return;
+    if (p->in_use)
+        p->in_use--;
     if (p->free_count >= p->max_free) {
         pool_release(p, buf);
         return;
@@ -158,6 +151,20 @@ void pool_put(buffer_pool *p, void *buf)
     memcpy(buf, &p->free_list, sizeof(void *));
     p->free_list = buf;
     p->free_count++;
+}
+
+bool pool_trim(buffer_pool *p)
+{
+    size_t wanted = p->peak > p->in_use ? p->peak - p->in_use : 0;
+    size_t keep = wanted > p->reserve ? wanted : p->reserve;
+    while (p->free_count > keep) {
+        void *buf = p->free_list;
+        memcpy(&p->free_list, buf, sizeof(void *));
+        p->free_count--;
+        pool_release(p, buf);
+    }
+    p->peak = p->in_use;
+    return p->free_count > p->reserve;
 }
 
 void pool_drain(buffer_pool *p)

@@ -41,22 +41,34 @@ void arena_rewind(arena *a, arena_mark m);
 char *arena_strndup(arena *a, const char *s, size_t len);
 
 /* Fixed-size buffers: pool_get returns one of `size` bytes (NULL on OOM);
- * pool_put takes it back, keeping at most max_free for reuse (what is kept
- * stays resident, so that bound is what an idle process holds). One pool
- * per buffer size. `mapped`: buffers are pages of their own (size a
- * multiple of the page size), so one given back past max_free leaves the
- * process at once, whatever the allocator keeps. */
+ * pool_put takes it back for reuse, up to max_free. What is kept stays
+ * resident, so the pool follows demand: pool_trim, called every so often,
+ * keeps as many free buffers as the busiest moment since the last trim
+ * needed beyond those in use now, and never fewer than `reserve`. Under a
+ * steady load nothing is allocated or given back; after a burst the pool
+ * shrinks to `reserve` within two trims. One pool per buffer size.
+ * `mapped`: buffers are pages of their own (size a multiple of the page
+ * size), so one given back leaves the process at once, whatever the
+ * allocator keeps. */
 typedef struct buffer_pool {
     size_t size;
-    void *free_list;
-    size_t free_count, max_free;
+    size_t reserve;  /* free buffers always kept */
+    size_t max_free; /* free buffers ever kept */
     bool mapped;
+    void *free_list;
+    size_t free_count;
+    size_t in_use, peak; /* taken now, and the most at once since the last trim */
 } buffer_pool;
 
 void *pool_get(buffer_pool *p);
 void pool_put(buffer_pool *p, void *buf);
+/* Gives back the free buffers the last interval did not need; true while
+ * the pool still holds more than its reserve (so another trim is due). */
+bool pool_trim(buffer_pool *p);
 void pool_drain(buffer_pool *p);
 
+/* The arena blocks cached for reuse follow the same rule. */
+bool arena_trim_cached(void);
 /* Releases the arena blocks cached on the free list (for leak checks). */
 void arena_release_cached(void);
 

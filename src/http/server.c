@@ -41,6 +41,8 @@ enum {
     LINGER_MS = 1000,
     REFUSAL_SLOTS = 64, /* connections past --max-conns that still get a polite 503 */
     REQUEST_PAGE = 4096, /* a client_req and, after it, the start of its arena */
+    POOL_MAX_FREE = 4096, /* free buffers a pool ever keeps, however busy the last moment was */
+    POOL_TRIM_MS = 100,   /* how often pools give back what the last interval did not need */
 };
 
 typedef enum client_state {
@@ -70,6 +72,7 @@ struct server {
     buffer_pool in_buffers, out_buffers, read_buffers, requests;
     buffer_pool park_small, park_large; /* an incomplete event's bytes between reads */
     loop_timer drain_timer;
+    loop_timer trim_timer; /* armed while a pool holds more than its reserve */
     uint64_t id_state;
 };
 
@@ -424,6 +427,20 @@ static void log_request(client *c)
 }
 
 /* The request's memory goes back: its arenas and its record. */
+static void on_trim(void *ctx)
+{
+    server *s = ctx;
+    bool more = pool_trim(&s->in_buffers);
+    more |= pool_trim(&s->out_buffers);
+    more |= pool_trim(&s->read_buffers);
+    more |= pool_trim(&s->requests);
+    more |= pool_trim(&s->park_small);
+    more |= pool_trim(&s->park_large);
+    more |= arena_trim_cached();
+    if (more)
+        loop_timer_arm(s->loop, &s->trim_timer, POOL_TRIM_MS, on_trim, s);
+}
+
 static void end_request(client *c)
 {
     client_req *q = c->rq;
@@ -433,6 +450,8 @@ static void end_request(client *c)
     arena_reset(&q->arena);
     pool_put(&c->srv->requests, q);
     c->rq = NULL;
+    if (!loop_timer_armed(&c->srv->trim_timer))
+        loop_timer_arm(c->srv->loop, &c->srv->trim_timer, POOL_TRIM_MS, on_trim, c->srv);
 }
 
 /* False when out of memory. */
@@ -1605,15 +1624,17 @@ server *server_new(loop *l, const config *cfg, generation *gen, metrics *m, cons
         return NULL;
     }
     s->listen_fd = -1;
-    /* What is kept for reuse stays resident: enough for a busy moment's
-     * requests to do no malloc, little enough for an idle server. The read
+    /* What is kept for reuse stays resident, so each pool follows demand
+     * (pool_trim on trim_timer) over a small reserve: a steady load does no
+     * malloc or mmap, an idle server after a burst holds little. The read
      * buffer is taken only while a read is handled, so few are in use. */
-    s->in_buffers = (buffer_pool){.size = IN_BUFFER, .max_free = 8, .mapped = true};
-    s->out_buffers = (buffer_pool){.size = OUT_BUFFER, .max_free = 2, .mapped = true};
-    s->read_buffers = (buffer_pool){.size = RELAY_READ_BUFFER, .max_free = 4, .mapped = true};
-    s->requests = (buffer_pool){.size = REQUEST_PAGE, .max_free = 8, .mapped = true};
-    s->park_small = (buffer_pool){.size = 1024, .max_free = 64};
-    s->park_large = (buffer_pool){.size = 8192, .max_free = 16, .mapped = true};
+    s->in_buffers = (buffer_pool){.size = IN_BUFFER, .reserve = 8, .max_free = POOL_MAX_FREE, .mapped = true};
+    s->out_buffers = (buffer_pool){.size = OUT_BUFFER, .reserve = 2, .max_free = POOL_MAX_FREE, .mapped = true};
+    s->read_buffers =
+        (buffer_pool){.size = RELAY_READ_BUFFER, .reserve = 4, .max_free = POOL_MAX_FREE, .mapped = true};
+    s->requests = (buffer_pool){.size = REQUEST_PAGE, .reserve = 8, .max_free = POOL_MAX_FREE, .mapped = true};
+    s->park_small = (buffer_pool){.size = 1024, .reserve = 64, .max_free = POOL_MAX_FREE};
+    s->park_large = (buffer_pool){.size = 8192, .reserve = 16, .max_free = POOL_MAX_FREE, .mapped = true};
     s->env = (relay_env){.loop = l, .cfg = cfg, .read_buffers = &s->read_buffers,
                          .park = {&s->park_small, &s->park_large}, .metrics = m, .rng = &s->rng};
     if (getrandom(&s->id_state, sizeof s->id_state, 0) != (ssize_t)sizeof s->id_state)
@@ -1681,6 +1702,7 @@ void server_free(server *s)
     while (s->clients)
         client_close(s->clients);
     loop_timer_stop(s->loop, &s->drain_timer);
+    loop_timer_stop(s->loop, &s->trim_timer);
     if (s->listen_fd >= 0) {
         loop_io_del(s->loop, &s->listen_io);
         close(s->listen_fd);

@@ -273,6 +273,19 @@ static void on_idle_event(void *ctx, uint32_t events)
 
 static void on_idle_expired(void *ctx) { conn_close(ctx); }
 
+/* A TLS connection that stayed idle a moment gives back the pages large
+ * records touched; one reused at once keeps them, so a busy pool does not
+ * fault them in again on every request. */
+enum { TLS_TRIM_AFTER_MS = 1000 };
+
+static void on_idle_trim(void *ctx)
+{
+    upstream_conn *c = ctx;
+    tls_idle(c->tls);
+    /* armed only when the idle timeout is longer than TLS_TRIM_AFTER_MS */
+    loop_timer_arm(c->loop, &c->timer, c->target->idle_timeout_ms - TLS_TRIM_AFTER_MS, on_idle_expired, c);
+}
+
 void upstream_release(upstream_conn *c, bool reusable)
 {
     upstream_target *t = c->target;
@@ -284,8 +297,6 @@ void upstream_release(upstream_conn *c, bool reusable)
         return;
     }
     c->state = CONN_IDLE;
-    if (c->tls) /* large records of the answer need not stay resident while it waits */
-        tls_idle(c->tls);
     c->ev = NULL;
     c->ctx = NULL;
     c->io.fn = on_idle_event;
@@ -297,7 +308,10 @@ void upstream_release(upstream_conn *c, bool reusable)
         t->idle->prev_idle = c;
     t->idle = c;
     t->idle_count++;
-    loop_timer_arm(c->loop, &c->timer, t->idle_timeout_ms, on_idle_expired, c);
+    if (c->tls && t->idle_timeout_ms > TLS_TRIM_AFTER_MS)
+        loop_timer_arm(c->loop, &c->timer, TLS_TRIM_AFTER_MS, on_idle_trim, c);
+    else
+        loop_timer_arm(c->loop, &c->timer, t->idle_timeout_ms, on_idle_expired, c);
 }
 
 /* ---- connecting ---- */

@@ -297,3 +297,51 @@ TEST(arena_mapped_pool)
     CHECK_EQ_SIZE(p.free_count, 0);
     CHECK(p.free_list == NULL);
 }
+
+/* A pool follows demand: a steady load of N at once keeps N buffers between
+ * trims (no allocation once warm); after a burst it shrinks to its reserve
+ * within two trims; max_free bounds it whatever the demand. */
+TEST(pool_trim_follows_demand)
+{
+    buffer_pool p = {.size = 4096, .reserve = 2, .max_free = 16, .mapped = true};
+    char *b[24];
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 8; i++)
+            CHECK((b[i] = pool_get(&p)) != NULL);
+        for (int i = 0; i < 8; i++)
+            pool_put(&p, b[i]);
+        CHECK(pool_trim(&p)); /* the last interval needed 8: all 8 stay */
+        CHECK_EQ_SIZE(p.free_count, 8);
+    }
+    /* the same 8 buffers came back each round: nothing new was mapped */
+    char *again[8];
+    for (int i = 0; i < 8; i++) {
+        again[i] = pool_get(&p);
+        bool known = false;
+        for (int j = 0; j < 8; j++)
+            known |= again[i] == b[j];
+        CHECK(known);
+    }
+    for (int i = 0; i < 8; i++)
+        pool_put(&p, again[i]);
+    CHECK(pool_trim(&p));
+    /* a quiet interval: back to the reserve */
+    CHECK(!pool_trim(&p));
+    CHECK_EQ_SIZE(p.free_count, 2);
+    /* buffers still in use are not counted against what is kept */
+    char *held = pool_get(&p);
+    CHECK(!pool_trim(&p));
+    CHECK_EQ_SIZE(p.free_count, 1);
+    pool_put(&p, held);
+    /* a burst past max_free: the excess goes back at once */
+    for (int i = 0; i < 24; i++)
+        CHECK((b[i] = pool_get(&p)) != NULL);
+    for (int i = 0; i < 24; i++)
+        pool_put(&p, b[i]);
+    CHECK_EQ_SIZE(p.free_count, 16);
+    CHECK_EQ_SIZE(p.in_use, 0);
+    pool_trim(&p);
+    CHECK(!pool_trim(&p));
+    CHECK_EQ_SIZE(p.free_count, 2);
+    pool_drain(&p);
+}
