@@ -753,6 +753,20 @@ def get(port, path, headers=(), timeout=5.0):
         c.close()
 
 
+def own_gateway(ctx, name, extra=()):
+    """A gateway with extra flags and a mock of its own, kept for the run
+    under `name`: (mock, gateway)."""
+    mock = ctx.env.mock(ctx.mode, name)
+
+    def make():
+        if ctx.mode == 'tls':
+            up, ca = 'https://localhost:%d/v1' % mock.port, ctx.env.ca
+        else:
+            up, ca = 'http://127.0.0.1:%d/v1' % mock.port, None
+        return Gateway(ctx.env.args.gateway, 'gw-%s-%s' % (ctx.mode, name), up, ca, GW_ARGS + list(extra))
+    return mock, ctx.use(ctx.env._get(('gw', ctx.mode, name), make))
+
+
 def post_chat(port, stream=False, timeout=5.0, body=None, **kw):
     c = HTTPConn(port)
     try:

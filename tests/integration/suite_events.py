@@ -11,16 +11,7 @@ EVENT_TOO_LARGE_MSG = 'upstream sent an event larger than --max-event'
 
 def events_pair(ctx, tag, extra=()):
     """A gateway with extra flags and a mock of its own."""
-    mock = ctx.env.mock(ctx.mode, 'events-' + tag)
-
-    def make():
-        if ctx.mode == 'tls':
-            up, ca = 'https://localhost:%d/v1' % mock.port, ctx.env.ca
-        else:
-            up, ca = 'http://127.0.0.1:%d/v1' % mock.port, None
-        return Gateway(ctx.env.args.gateway, 'gw-%s-events-%s' % (ctx.mode, tag), up, ca,
-                       GW_ARGS + list(extra))
-    return mock, ctx.use(ctx.env._get(('gw', ctx.mode, 'events-' + tag), make))
+    return own_gateway(ctx, 'events-' + tag, extra)
 
 
 def big_event_stream(gw, size, n=3, timeout=30.0):

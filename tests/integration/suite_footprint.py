@@ -10,16 +10,7 @@ import selectors
 
 def footprint_gateway(ctx, tag, extra=()):
     """A gateway with extra flags and a mock of its own."""
-    mock = ctx.env.mock(ctx.mode, 'footprint-' + tag)
-
-    def make():
-        if ctx.mode == 'tls':
-            up, ca = 'https://localhost:%d/v1' % mock.port, ctx.env.ca
-        else:
-            up, ca = 'http://127.0.0.1:%d/v1' % mock.port, None
-        return Gateway(ctx.env.args.gateway, 'gw-%s-footprint-%s' % (ctx.mode, tag), up, ca,
-                       GW_ARGS + list(extra))
-    return ctx.use(ctx.env._get(('gw', ctx.mode, 'footprint-' + tag), make))
+    return own_gateway(ctx, 'footprint-' + tag, extra)[1]
 
 
 def answered_whole(buf):
