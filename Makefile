@@ -175,6 +175,9 @@ FUZZ_SRC_config        := src/upstream/cfgfile.c src/upstream/routes.c src/upstr
 FUZZ_TARGETS += replay
 FUZZ_SRC_replay        := src/gateway/replay.c src/gateway/chatstream.c src/core/base64.c src/core/wbuf.c
 FUZZ_SRC_dns           := src/upstream/dns.c src/upstream/dns_conf.c
+FUZZ_TARGETS += relay_head
+FUZZ_SRC_relay_head    := src/gateway/relay_head.c src/gateway/limits.c src/gateway/scrub.c src/http/http.c \
+                          src/upstream/url.c src/core/wbuf.c
 
 define FUZZ_RULE
 build/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).c tests/fuzz/fuzz.h $(FUZZ_SRC_$(1)) $$(DEPS_STAMP) | build/fuzz
@@ -200,7 +203,3 @@ fuzz: fuzz-build
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed (logs in build/fuzz/)"; exit 1; fi
 .PHONY: fuzz-build
-FUZZ_TARGETS += relay_head
-FUZZ_SRC_relay_head    := src/gateway/relay_head.c src/gateway/limits.c src/gateway/scrub.c src/http/http.c \
-                          src/upstream/url.c src/core/wbuf.c
-$(eval $(call FUZZ_RULE,relay_head))
