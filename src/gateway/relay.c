@@ -1193,6 +1193,9 @@ static void read_once(relay *r)
         if (r->len == 0 && !r->retain) {
             evbuf_release(&r->in, r->env->read_buffers);
             r->buf = NULL;
+        } else if (r->state == RELAY_STREAM) { /* nor the buffer the parked event came back into */
+            evbuf_park(&r->in, r->env->read_buffers, r->env->park, 2, r->len);
+            r->buf = r->in.ptr;
         }
         want_io(r);
         return;
@@ -1468,7 +1471,11 @@ relay *relay_start(const relay_env *env, arena *a, relay_request *req, const rel
     r->secrets.item[0] = r->secrets.item[1] = (slice){"", 0};
     if (req->caller && req->caller->presented.len) { /* copied: the client's head goes before the stream ends */
         char *key = arena_strndup(a, req->caller->presented.ptr, req->caller->presented.len);
-        r->secrets.item[1] = key ? (slice){key, req->caller->presented.len} : req->caller->presented;
+        if (!key) { /* the head it points into goes back before the answer ends */
+            sink->error(client, 503, "out of memory", "server_error", "internal_error", NULL);
+            return NULL;
+        }
+        r->secrets.item[1] = (slice){key, req->caller->presented.len};
     }
     r->arena = a;
     r->req = req;

@@ -139,6 +139,7 @@ struct client {
     bool uploading;        /* this request's body goes up through relay_upload */
     bool up_done;          /* ... and was all handed to the relay */
     bool request_done, reusable, dead, closing_after_write, in_request;
+    bool feeding, feed_again; /* feed_upload is on the stack; the relay asked for more meanwhile */
 };
 
 static void client_close(client *c);
@@ -1108,7 +1109,7 @@ static void upload_failed(client *c, int status, const char *message, const char
 
 /* Hands the client's body to the relay as far as it takes it: decoded
  * chunks or Content-Length bytes, checked against --max-upload. */
-static void feed_upload(client *c)
+static void feed_upload_pass(client *c)
 {
     const config *cfg = c->srv->cfg;
     while (c->relay && !c->up_done && c->fd >= 0) {
@@ -1156,6 +1157,23 @@ static void feed_upload(client *c)
     }
     if (c->fd >= 0)
         compact_upload(c);
+}
+
+/* relay_upload may write what it took at once and, the upstream having room,
+ * ask for more (sink_upload_more) before it returns: that request waits until
+ * this pass has counted what was taken, or the same bytes would go up twice. */
+static void feed_upload(client *c)
+{
+    if (c->feeding) {
+        c->feed_again = true;
+        return;
+    }
+    c->feeding = true;
+    do {
+        c->feed_again = false;
+        feed_upload_pass(c);
+    } while (c->feed_again && c->rq && c->relay && c->fd >= 0);
+    c->feeding = false;
 }
 
 static ssize_t read_some(client *c, char *dst, size_t room);
