@@ -1548,6 +1548,13 @@ void relay_abort(relay *r)
     settle(r);
 }
 
+void relay_client_progress(relay *r)
+{
+    if ((r->state == RELAY_STREAM || r->state == RELAY_BODY) &&
+        r->sink->pending(r->client) >= RELAY_CLIENT_HIGH_WATER)
+        loop_timer_arm(r->env->loop, &r->phase_timer, r->t_idle, on_phase_timeout, r);
+}
+
 void relay_resume(relay *r)
 {
     if (r->state != RELAY_STREAM && r->state != RELAY_BODY)

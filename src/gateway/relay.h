@@ -90,6 +90,9 @@ relay *relay_start(const relay_env *env, arena *a, relay_request *req, const rel
 void relay_abort(relay *r);
 /* The client's queue drained below the high-water mark. */
 void relay_resume(relay *r);
+/* The client took bytes although its queue is still above the mark: it is
+ * reading, slowly, so the idle clock that would drop it starts again. */
+void relay_client_progress(relay *r);
 
 /* A body that is not JSON goes up as it arrives (§4): takes what fits of
  * data (framed upstream as the client framed it) and says how much in

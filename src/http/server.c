@@ -1525,6 +1525,7 @@ static void on_client_io(void *ctx, uint32_t events)
         return;
     }
     if (events & EPOLLOUT) {
+        size_t before = pending_out(c);
         if (flush_out(c) != 0) {
             c->dead = true;
             client_close(c);
@@ -1536,6 +1537,8 @@ static void on_client_io(void *ctx, uint32_t events)
         }
         if (c->relay && !c->request_done && pending_out(c) < RELAY_CLIENT_HIGH_WATER)
             relay_resume(c->relay);
+        else if (c->relay && !c->request_done && pending_out(c) < before)
+            relay_client_progress(c->relay);
         if (c->reader && !c->request_done && pending_out(c) < RELAY_CLIENT_HIGH_WATER)
             resume_reader_drained(c->reader);
         update_interest(c);

@@ -1953,8 +1953,8 @@ def slow_client_pauses(ctx):
     all) while the gateway is backpressured: every timer must restart, and the stream
     completes exactly."""
     gw = ctx.gw
-    n = 20000
-    marks = [2000, 7000, 12000]
+    n = 40000
+    marks = [4000, 14000, 24000]
 
     def pause(st):
         if marks and len(st.events) >= marks[0]:
@@ -1964,7 +1964,9 @@ def slow_client_pauses(ctx):
 
     c = HTTPConn(gw.port)
     try:
-        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        # 256 KiB, not less: with a receive window under loopback's 64 KiB MSS the
+        # kernel's zero-window probing alone can stall a reading client for a second
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
         c.send(build_request('POST', '/v1/chat/completions', chat_headers(gw.port, n=n), chat_body(True)))
         head = c.read_head(5)
         check(head.status == 200, 'status %d' % head.status)
@@ -1985,8 +1987,11 @@ def client_not_reading_is_dropped(ctx):
     t0 = time.monotonic()
     try:
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        c.send(build_request('POST', '/v1/chat/completions', chat_headers(gw.port, n=n), chat_body(True)))
-        rec = gw.wait_log(lambda x: x.get('error') == 'client stopped reading its answer', timeout=8)
+        rid = 'not-reading-%d' % os.getpid()
+        c.send(build_request('POST', '/v1/chat/completions', chat_headers(gw.port, n=n, rid=rid), chat_body(True)))
+        # this request's line: an earlier test's dropped client logs the same error
+        rec = gw.wait_log(lambda x: x.get('req_id') == rid and x.get('error') == 'client stopped reading its answer',
+                          timeout=8)
         took = time.monotonic() - t0
         check(rec is not None, 'no access line blames the client within 8 s')
         check(took < 6 * SCALE, 'a client not reading was dropped only after %.1f s' % took)
